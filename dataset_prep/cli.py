@@ -1,0 +1,211 @@
+"""``srt-prep`` (also ``python -m dataset_prep``): list, download, convert, import-unisrec."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dataset_prep import registry
+from dataset_prep.errors import PrepError
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 unusable input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except PrepError as err:
+        print(f"srt-prep: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its four subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="srt-prep", description="Amazon review categories (2014/2018/2023) -> RecBole atomic files."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list", help="print every release/category with its file names")
+    listing.add_argument(
+        "--release", action="append", choices=list(registry.RELEASES), help="only this release"
+    )
+    listing.add_argument("--urls", action="store_true", help="show full metadata URLs and base URLs")
+    listing.set_defaults(run=_run_list)
+
+    download = commands.add_parser("download", help="download category files (resumable, gzip-verified)")
+    _add_selection(download)
+    download.add_argument("--output", type=Path, required=True, help="folder; files go to OUTPUT/<release>/")
+    download.add_argument("--no-meta", action="store_true", help="skip the metadata file")
+    download.add_argument("--base-url", help="mirror to use instead of the release's URL (same layout)")
+    download.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
+    download.set_defaults(run=_run_download)
+
+    convert = commands.add_parser("convert", help="convert (and merge) categories to RecBole atomic files")
+    _add_selection(convert)
+    convert.add_argument(
+        "--input",
+        type=Path,
+        action="append",
+        required=True,
+        help="folder with the published files (or INPUT/<release>/); repeatable",
+    )
+    convert.add_argument(
+        "--output", type=Path, required=True, help="writes OUTPUT/NAME/NAME.{inter,item,yaml}"
+    )
+    convert.add_argument("--name", help="dataset name (default amazon<release>-<category lowercased>)")
+    convert.add_argument("--min-user-inter", type=int, default=5, help="iterative k-core: users (default 5)")
+    convert.add_argument("--min-item-inter", type=int, default=5, help="iterative k-core: items (default 5)")
+    convert.add_argument("--min-rating", type=float, help="keep ratings >= this")
+    convert.add_argument(
+        "--dedup",
+        choices=["first", "last", "all"],
+        default="first",
+        help="repeated (user, item): keep the earliest, the latest, or all (default first)",
+    )
+    convert.add_argument(
+        "--start", type=_timestamp, help="keep interactions at or after (ISO date or unix s)"
+    )
+    convert.add_argument("--end", type=_timestamp, help="keep interactions before (ISO date or unix s)")
+    convert.add_argument(
+        "--missing-meta",
+        choices=["drop", "keep"],
+        default="drop",
+        help="interactions with items that have no metadata record (default drop)",
+    )
+    convert.add_argument(
+        "--missing-text",
+        choices=["drop", "keep"],
+        default="keep",
+        help="interactions with items whose metadata has no text (default keep)",
+    )
+    convert.add_argument("--max-text-len", type=int, default=1000, help="characters per text field")
+    convert.add_argument(
+        "--exclude-users-of",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="INTER_FILE",
+        help="leakage guard: drop users present in this .inter file; repeatable",
+    )
+    convert.add_argument("--max-seq-len", type=int, default=50, help="MAX_ITEM_LIST_LENGTH in the YAML")
+    convert.add_argument("--force", action="store_true", help="convert even if the output is up to date")
+    convert.set_defaults(run=_run_convert)
+
+    unisrec = commands.add_parser("import-unisrec", help="UniSRec/VQ-Rec pre-split files -> atomic files")
+    unisrec.add_argument(
+        "--input", type=Path, required=True, help="folder with <Prefix>.{train,valid,test}.inter"
+    )
+    unisrec.add_argument("--name", required=True, help="dataset name, e.g. scientific")
+    unisrec.add_argument(
+        "--output", type=Path, required=True, help="writes OUTPUT/NAME/NAME.{inter,item,yaml}"
+    )
+    unisrec.add_argument("--prefix", help="file prefix, e.g. Scientific (default: the only one in INPUT)")
+    unisrec.add_argument("--max-seq-len", type=int, default=50, help="MAX_ITEM_LIST_LENGTH in the YAML")
+    unisrec.set_defaults(run=_run_unisrec)
+    return parser
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--release", choices=list(registry.RELEASES), help="release of bare category names")
+    parser.add_argument(
+        "--category",
+        action="append",
+        default=[],
+        metavar="[RELEASE:]CATEGORY[:SOURCE]",
+        help="category to use; repeat to merge several",
+    )
+    parser.add_argument("--spec", type=Path, help="file listing RELEASE:CATEGORY[:SOURCE] lines (# comments)")
+    parser.add_argument("--source", help="ratings | 5core | reviews (default ratings; 2023: reviews)")
+
+
+def _entries(args: argparse.Namespace) -> list[registry.Entry]:
+    specs = list(args.category)
+    if args.spec is not None:
+        try:
+            text = args.spec.read_text(encoding="utf-8")
+        except OSError as err:
+            raise PrepError(f"cannot read spec file ({err.strerror})", args.spec) from None
+        specs += [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+    if not specs:
+        raise PrepError("no category given: use --category (repeatable) or --spec")
+    entries = [registry.parse_entry(spec, args.release, args.source) for spec in specs]
+    return list({entry.label: entry for entry in entries}.values())
+
+
+def _timestamp(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an ISO date or unix seconds: {text!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        value = moment.timestamp()
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite time: {text!r}")
+    return value
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    print(registry.table(args.release, urls=args.urls))
+    return 0
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from dataset_prep.download import download_entry
+
+    for entry in _entries(args):
+        for path in download_entry(entry, args.output, args.base_url, not args.no_meta, args.timeout):
+            print(path)
+    return 0
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from dataset_prep.convert import ConvertOptions, convert, default_name
+
+    entries = _entries(args)
+    opts = ConvertOptions(
+        entries=entries,
+        inputs=args.input,
+        output=args.output,
+        name=args.name or default_name(entries),
+        min_user_inter=args.min_user_inter,
+        min_item_inter=args.min_item_inter,
+        min_rating=args.min_rating,
+        dedup=args.dedup,
+        start=args.start,
+        end=args.end,
+        missing_meta=args.missing_meta,
+        missing_text=args.missing_text,
+        max_text_len=args.max_text_len,
+        exclude_users_of=args.exclude_users_of,
+        max_seq_len=args.max_seq_len,
+        force=args.force,
+    )
+    report = convert(opts)
+    folder = args.output / opts.name
+    if report.get("up_to_date"):
+        print(f"{folder}: up to date (same inputs and options), nothing written")
+        return 0
+    summary = {key: report[key] for key in ("rows", "dropped", "users", "items")}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {folder}/{opts.name}.inter, .item, .yaml and report.json")
+    print(f"train: run_recbole --model=SASRec --dataset={opts.name} --config_files={folder}/{opts.name}.yaml")
+    return 0
+
+
+def _run_unisrec(args: argparse.Namespace) -> int:
+    from dataset_prep.unisrec import import_unisrec
+
+    report = import_unisrec(args.input, args.name, args.output, args.prefix, args.max_seq_len)
+    print(json.dumps(report, indent=2))
+    return 0

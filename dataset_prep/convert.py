@@ -1,0 +1,336 @@
+"""``srt-prep convert``: Amazon category files (one or several, any release) -> RecBole atomic files.
+
+Pipeline: read every interaction file (streamed, interned into compact arrays) -> read the metadata of
+the items seen (streamed to a spool file) -> filters, each counted under its own reason, in this order:
+malformed ids, time range, rating threshold, missing metadata, missing text, excluded users, duplicates,
+iterative k-core -> write ``NAME.inter`` sorted by (user, time) stably, ``NAME.item``, ``NAME.yaml`` and
+``report.json``, all atomically. A rerun whose inputs and options are unchanged writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from dataset_prep import filters
+from dataset_prep.atomic import Staging, dataset_config, read_report, write_json, write_tsv, write_yaml
+from dataset_prep.errors import PrepError
+from dataset_prep.readers import FileStats, MetaStats, read_interactions, read_meta
+from dataset_prep.registry import Entry, file_name
+from dataset_prep.report import Report
+from dataset_prep.streams import LineBlocks
+from dataset_prep.table import Interactions
+
+FORMAT_VERSION = 1
+INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
+ITEM_HEADER = [
+    "item_id:token",
+    "title:token_seq",
+    "brand:token",
+    "categories:token_seq",
+    "description:token_seq",
+]
+WRITE_BATCH = 1 << 20
+MISSING_POLICIES = ("drop", "keep")
+
+
+@dataclass
+class ConvertOptions:
+    """Everything ``convert`` needs; field names match the CLI options."""
+
+    entries: list[Entry]
+    inputs: list[Path]
+    output: Path
+    name: str
+    min_user_inter: int = 5
+    min_item_inter: int = 5
+    min_rating: float | None = None
+    dedup: str = "first"
+    start: float | None = None
+    end: float | None = None
+    missing_meta: str = "drop"
+    missing_text: str = "keep"
+    max_text_len: int = 1000
+    exclude_users_of: list[Path] = field(default_factory=list)
+    max_seq_len: int = 50
+    force: bool = False
+
+
+def default_name(entries: list[Entry]) -> str:
+    """``amazon<release>-<category lowercased>`` for one category; merges must be named."""
+    if len(entries) != 1:
+        raise PrepError("--name is required when merging several categories")
+    return f"amazon{entries[0].release.name}-{entries[0].category.lower()}"
+
+
+def locate(entry: Entry, relative: str, inputs: list[Path]) -> Path:
+    """Find a published file in ``DIR/<release>/`` or ``DIR/`` of each input, gzipped or not."""
+    name = file_name(relative)
+    names = [name, name[:-3]] if name.endswith(".gz") else [name, name + ".gz"]
+    for base in inputs:
+        for folder in (base / entry.release.name, base):
+            for candidate in names:
+                if (folder / candidate).is_file():
+                    return folder / candidate
+    searched = ", ".join(str(d) for d in inputs)
+    raise PrepError(
+        f"{entry.label}: file {name} (or {names[1]}) not found in {searched} "
+        f"(get it with `srt-prep download --release {entry.release.name} --category {entry.category}`)"
+    )
+
+
+def convert(opts: ConvertOptions) -> dict:
+    """Run the conversion; return the report (the previous one, marked ``up_to_date``, for a no-op)."""
+    if not opts.entries:
+        raise PrepError("nothing to convert: give --category or --spec")
+    files = [
+        (e, locate(e, e.interactions_path, opts.inputs), locate(e, e.meta_path, opts.inputs))
+        for e in opts.entries
+    ]
+    for path in opts.exclude_users_of:
+        if not path.is_file():
+            raise PrepError("file not found (--exclude-users-of)", path)
+    target = opts.output / opts.name
+    fingerprint = _fingerprint(opts, [p for _, i, m in files for p in (i, m)])
+    previous = read_report(target)
+    outputs = [target / f"{opts.name}.{ext}" for ext in ("inter", "item", "yaml")]
+    if (
+        not opts.force
+        and previous
+        and previous.get("fingerprint") == fingerprint
+        and all(p.is_file() for p in outputs)
+    ):
+        return {**previous, "up_to_date": True}
+
+    report = Report()
+    multi_release = len({entry.release.name for entry in opts.entries}) > 1
+    inter = Interactions()
+    input_stats = []
+    for entry, path, _ in files:
+        stats = FileStats(str(path))
+        for chunk in read_interactions(path, entry.layout, stats):
+            inter.add(chunk, _item_prefix(entry, multi_release))
+        _warn_about(stats, report)
+        input_stats.append({"entry": entry.label, **asdict(stats)})
+    inter.freeze()
+
+    with Staging(target) as stage:
+        spool = stage.scratch("items.spool")
+        meta = _spool_metadata(files, inter, multi_release, opts, spool, report)
+        keep, counts = _filter(inter, meta, input_stats, opts, report)
+        kept_items = np.bincount(inter.item[keep], minlength=len(inter.items)) > 0
+        write_tsv(stage.path(f"{opts.name}.inter"), INTER_HEADER, _inter_batches(inter, keep))
+        _write_items(stage.path(f"{opts.name}.item"), spool, kept_items, meta.has_meta, inter.items.tokens)
+        write_yaml(
+            stage.path(f"{opts.name}.yaml"),
+            dataset_config(opts.output, _names(INTER_HEADER), _names(ITEM_HEADER), opts.max_seq_len),
+        )
+        counts["items"].update(
+            kept_without_metadata=int((kept_items & ~meta.has_meta).sum()),
+            kept_without_text=int((kept_items & meta.has_meta & ~meta.has_text).sum()),
+        )
+        result = {
+            "name": opts.name,
+            "fingerprint": fingerprint,
+            "rows": {
+                "read": sum(s["lines"] + s["partial_lines"] for s in input_stats),
+                "kept": int(keep.sum()),
+            },
+            "dropped": report.dropped,
+            **counts,
+            "inputs": input_stats,
+            "metadata": meta.records,
+            "options": _options_record(opts),
+            "warnings": report.warnings,
+        }
+        write_json(stage.path("report.json"), result)
+        stage.commit()
+    return result
+
+
+def _filter(
+    inter: Interactions, meta: Metadata, input_stats: list[dict], opts: ConvertOptions, report: Report
+) -> tuple[np.ndarray, dict]:
+    """Apply every filter in order, counting drops in ``report``; the keep mask and user/item counts."""
+    n_users, n_items = len(inter.users), len(inter.items)
+    keep = np.ones(len(inter), bool)
+    drops = report.dropped
+    drops["malformed_line"] = sum(s["malformed"] for s in input_stats)
+    drops["malformed_line"] += filters.by_code(inter.user, keep, inter.users.invalid_mask())
+    drops["malformed_line"] += filters.by_code(inter.item, keep, inter.items.invalid_mask())
+    drops["truncated_stream"] = sum(s["partial_lines"] for s in input_stats)
+    seen_users = np.bincount(inter.user[keep], minlength=n_users) > 0
+    seen_items = np.bincount(inter.item[keep], minlength=n_items) > 0
+    drops["time_range"] = filters.time_range(inter.ts, keep, opts.start, opts.end)
+    drops["rating_threshold"] = filters.min_rating(inter.rating, keep, opts.min_rating)
+    if opts.missing_meta == "drop":
+        drops["missing_metadata"] = filters.by_code(inter.item, keep, ~meta.has_meta)
+    if opts.missing_text == "drop":
+        drops["missing_text"] = filters.by_code(inter.item, keep, meta.has_meta & ~meta.has_text)
+    excluded = _excluded_users(opts.exclude_users_of, inter)
+    drops["excluded_user"] = filters.by_code(inter.user, keep, excluded)
+    drops["duplicate"] = filters.duplicates(inter.user, inter.item, inter.ts, keep, n_items, opts.dedup)
+    drops["k_core"] = filters.k_core(
+        inter.user, inter.item, keep, (n_users, n_items), opts.min_user_inter, opts.min_item_inter
+    )
+    if not keep.any():
+        raise PrepError(f"no interaction left after filtering; rows dropped by reason: {json.dumps(drops)}")
+    counts = {
+        "users": {
+            "before": int(seen_users.sum()),
+            "after": _distinct(inter.user[keep], n_users),
+            "excluded": int((seen_users & excluded).sum()),
+        },
+        "items": {
+            "before": int(seen_items.sum()),
+            "after": _distinct(inter.item[keep], n_items),
+            "missing_metadata": int((seen_items & ~meta.has_meta).sum()),
+            "missing_text": int((seen_items & meta.has_meta & ~meta.has_text).sum()),
+        },
+    }
+    return keep, counts
+
+
+def _names(header: list[str]) -> list[str]:
+    return [column.split(":")[0] for column in header]
+
+
+def _item_prefix(entry: Entry, multi_release: bool) -> str:
+    """Items of different releases stay distinct in a multi-release merge: ``2014_B000...``."""
+    return f"{entry.release.name}_" if multi_release else ""
+
+
+def _distinct(codes: np.ndarray, size: int) -> int:
+    return int((np.bincount(codes, minlength=size) > 0).sum())
+
+
+def _warn_about(stats: FileStats, report: Report) -> None:
+    if stats.truncated:
+        report.warn(f"{stats.path}: stream is truncated; kept the {stats.lines} complete lines")
+    if stats.malformed:
+        report.warn(f"{stats.path}: skipped {stats.malformed} malformed lines, e.g. {stats.examples[0]}")
+    if stats.non_utf8:
+        report.warn(f"{stats.path}: {stats.non_utf8} lines had non-UTF-8 bytes (replaced by U+FFFD)")
+
+
+@dataclass
+class Metadata:
+    """Per item code: has a metadata record / has any text; plus each metadata file's counts."""
+
+    has_meta: np.ndarray
+    has_text: np.ndarray
+    records: list[dict]
+
+
+def _spool_metadata(
+    files: list[tuple[Entry, Path, Path]],
+    inter: Interactions,
+    multi_release: bool,
+    opts: ConvertOptions,
+    spool: Path,
+    report: Report,
+) -> Metadata:
+    """Stream every metadata file; write ``code<TAB>text fields`` of each needed item (first record wins)."""
+    has_meta = np.zeros(len(inter.items), bool)
+    has_text = np.zeros(len(inter.items), bool)
+    records = []
+    codes = inter.items.codes
+    with open(spool, "w", encoding="utf-8") as out:
+        for entry, _, path in files:
+            prefix = _item_prefix(entry, multi_release)
+            stats = MetaStats(str(path))
+            duplicates = 0
+            for key, text in read_meta(
+                path, entry.release.meta_layout, lambda k, p=prefix: p + k in codes, stats, opts.max_text_len
+            ):
+                code = codes[prefix + key]
+                if has_meta[code]:
+                    duplicates += 1
+                    continue
+                has_meta[code] = True
+                has_text[code] = not text.is_empty()
+                out.write(f"{code}\t{text.title}\t{text.brand}\t{text.categories}\t{text.description}\n")
+            _warn_about(stats, report)
+            records.append({"entry": entry.label, **asdict(stats), "duplicate_records": duplicates})
+    return Metadata(has_meta, has_text, records)
+
+
+def _excluded_users(paths: list[Path], inter: Interactions) -> np.ndarray:
+    """Boolean array over user codes: users that appear in any of the given ``.inter`` files."""
+    excluded = np.zeros(len(inter.users), bool)
+    for path in paths:
+        for token in _inter_users(path):
+            code = inter.users.codes.get(token)
+            if code is not None:
+                excluded[code] = True
+    return excluded
+
+
+def _inter_users(path: Path) -> Iterator[str]:
+    """The ``user_id`` column of a RecBole ``.inter`` file."""
+    column = None
+    for block in LineBlocks(path):
+        for line in block.data.decode("utf-8", errors="replace").splitlines():
+            cells = line.split("\t")
+            if column is None:
+                names = [c.split(":")[0] for c in cells]
+                if "user_id" not in names:
+                    raise PrepError("no user_id column in the header of this .inter file", path, 1)
+                column = names.index("user_id")
+            elif len(cells) > column:
+                yield cells[column]
+
+
+def _inter_batches(inter: Interactions, keep: np.ndarray) -> Iterator[pa.RecordBatch]:
+    """Kept rows sorted by (user code, time), stable on ties, as arrow batches of tokens."""
+    rows = np.flatnonzero(keep)
+    order = rows[np.lexsort((inter.ts[rows], inter.user[rows]))]
+    user_tokens = pa.array(inter.users.tokens, pa.string())
+    item_tokens = pa.array(inter.items.tokens, pa.string())
+    for start in range(0, len(order), WRITE_BATCH):
+        take = order[start : start + WRITE_BATCH]
+        yield pa.record_batch(
+            [
+                user_tokens.take(pa.array(inter.user[take])),
+                item_tokens.take(pa.array(inter.item[take])),
+                pa.array(inter.rating[take]),
+                pa.array(inter.ts[take]),
+            ],
+            names=["user_id", "item_id", "rating", "timestamp"],
+        )
+
+
+def _write_items(path: Path, spool: Path, kept: np.ndarray, has_meta: np.ndarray, tokens: list[str]) -> None:
+    """``NAME.item``: spooled rows of kept items, then empty rows for kept items without metadata."""
+    with open(path, "w", encoding="utf-8") as out, open(spool, encoding="utf-8") as rows:
+        out.write("\t".join(ITEM_HEADER) + "\n")
+        for row in rows:
+            code, text = row.split("\t", 1)
+            if kept[int(code)]:
+                out.write(f"{tokens[int(code)]}\t{text}")
+        for code in np.flatnonzero(kept & ~has_meta):
+            out.write(tokens[code] + "\t" * (len(ITEM_HEADER) - 1) + "\n")
+
+
+def _options_record(opts: ConvertOptions) -> dict:
+    record = asdict(opts)
+    record["entries"] = [e.label for e in opts.entries]
+    for key in ("inputs", "exclude_users_of"):
+        record[key] = [str(Path(p).resolve()) for p in record[key]]
+    record["output"] = str(Path(opts.output).resolve())
+    del record["force"]
+    return record
+
+
+def _fingerprint(opts: ConvertOptions, paths: list[Path]) -> str:
+    """Hash of the options and of each input file's path, size and modification time."""
+    files = [*paths, *opts.exclude_users_of]
+    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    payload = json.dumps([FORMAT_VERSION, _options_record(opts), stats], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,0 +1,73 @@
+"""Row filters over compact interaction arrays. Each takes the ``keep`` mask, clears the rows it drops
+(among those still kept) and returns how many it dropped, so drop reasons never overlap."""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEDUP_POLICIES = ("first", "last", "all")
+
+
+def drop(keep: np.ndarray, bad: np.ndarray) -> int:
+    """Clear ``keep`` where ``bad``; the number of rows newly dropped."""
+    newly = keep & bad
+    keep &= ~bad
+    return int(newly.sum())
+
+
+def time_range(ts: np.ndarray, keep: np.ndarray, start: float | None, end: float | None) -> int:
+    """Keep ``start <= ts < end`` (either bound optional, seconds)."""
+    bad = np.zeros(len(ts), bool)
+    if start is not None:
+        bad |= ts < start
+    if end is not None:
+        bad |= ts >= end
+    return drop(keep, bad)
+
+
+def min_rating(rating: np.ndarray, keep: np.ndarray, threshold: float | None) -> int:
+    """Keep ``rating >= threshold``."""
+    return 0 if threshold is None else drop(keep, rating < threshold)
+
+
+def by_code(codes: np.ndarray, keep: np.ndarray, bad_codes: np.ndarray) -> int:
+    """Drop rows whose code is flagged in the boolean array ``bad_codes``."""
+    return drop(keep, bad_codes[codes])
+
+
+def duplicates(
+    user: np.ndarray, item: np.ndarray, ts: np.ndarray, keep: np.ndarray, n_items: int, policy: str
+) -> int:
+    """Keep one row per (user, item): the earliest (``first``) or latest (``last``) by time, ties by
+    input order; ``all`` keeps repeats."""
+    if policy == "all":
+        return 0
+    rows = np.flatnonzero(keep)
+    pair = user[rows].astype(np.int64) * n_items + item[rows]
+    order = np.lexsort((ts[rows], pair))  # stable: equal times keep input order
+    pair = pair[order]
+    change = pair[1:] != pair[:-1]
+    chosen = np.r_[True, change] if policy == "first" else np.r_[change, True]
+    bad = np.zeros(len(keep), bool)
+    bad[rows[order[~chosen]]] = True
+    return drop(keep, bad)
+
+
+def k_core(
+    user: np.ndarray,
+    item: np.ndarray,
+    keep: np.ndarray,
+    sizes: tuple[int, int],
+    min_user: int,
+    min_item: int,
+) -> int:
+    """Iteratively drop users with fewer than ``min_user`` and items with fewer than ``min_item`` rows
+    (``sizes`` = number of user codes, number of item codes)."""
+    dropped = 0
+    while True:
+        users, items = user[keep], item[keep]
+        few_users = np.bincount(users, minlength=sizes[0]) < min_user
+        few_items = np.bincount(items, minlength=sizes[1]) < min_item
+        if not (few_users[users].any() or few_items[items].any()):
+            return dropped
+        dropped += drop(keep, few_users[user] | few_items[item])

@@ -1,0 +1,198 @@
+"""Every category of the 2014, 2018 and 2023 Amazon releases: file names, URLs and record layouts."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from dataset_prep import formats
+from dataset_prep.errors import PrepError
+
+CATEGORIES_2014 = (
+    "Books", "Electronics", "Movies_and_TV", "CDs_and_Vinyl", "Clothing_Shoes_and_Jewelry",
+    "Home_and_Kitchen", "Kindle_Store", "Sports_and_Outdoors", "Cell_Phones_and_Accessories",
+    "Health_and_Personal_Care", "Toys_and_Games", "Video_Games", "Tools_and_Home_Improvement", "Beauty",
+    "Apps_for_Android", "Office_Products", "Pet_Supplies", "Automotive", "Grocery_and_Gourmet_Food",
+    "Patio_Lawn_and_Garden", "Baby", "Digital_Music", "Musical_Instruments", "Amazon_Instant_Video",
+)  # fmt: skip
+CATEGORIES_2018 = (
+    "AMAZON_FASHION", "All_Beauty", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Books",
+    "CDs_and_Vinyl", "Cell_Phones_and_Accessories", "Clothing_Shoes_and_Jewelry", "Digital_Music",
+    "Electronics", "Gift_Cards", "Grocery_and_Gourmet_Food", "Home_and_Kitchen", "Industrial_and_Scientific",
+    "Kindle_Store", "Luxury_Beauty", "Magazine_Subscriptions", "Movies_and_TV", "Musical_Instruments",
+    "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies", "Prime_Pantry", "Software",
+    "Sports_and_Outdoors", "Tools_and_Home_Improvement", "Toys_and_Games", "Video_Games",
+)  # fmt: skip
+CATEGORIES_2023 = (
+    "All_Beauty", "Amazon_Fashion", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Baby_Products",
+    "Beauty_and_Personal_Care", "Books", "CDs_and_Vinyl", "Cell_Phones_and_Accessories",
+    "Clothing_Shoes_and_Jewelry", "Digital_Music", "Electronics", "Gift_Cards", "Grocery_and_Gourmet_Food",
+    "Handmade_Products", "Health_and_Household", "Health_and_Personal_Care", "Home_and_Kitchen",
+    "Industrial_and_Scientific", "Kindle_Store", "Magazine_Subscriptions", "Movies_and_TV",
+    "Musical_Instruments", "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies", "Software",
+    "Sports_and_Outdoors", "Subscription_Boxes", "Tools_and_Home_Improvement", "Toys_and_Games",
+    "Video_Games", "Unknown",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of interaction file of a release: its path template and record layout."""
+
+    path: str  # relative to the release base URL; "{cat}" is the category
+    layout: formats.CsvLayout | formats.JsonLayout
+
+
+@dataclass(frozen=True)
+class Release:
+    """A release: base URL, categories, interaction sources and the metadata file."""
+
+    name: str
+    base_url: str
+    categories: tuple[str, ...]
+    sources: dict[str, Source]
+    default_source: str
+    meta_path: str
+    meta_layout: formats.MetaLayout
+
+
+RELEASES: dict[str, Release] = {
+    "2014": Release(
+        name="2014",
+        base_url="http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/",
+        categories=CATEGORIES_2014,
+        sources={
+            "ratings": Source("ratings_{cat}.csv", formats.RATINGS_2014),
+            "5core": Source("reviews_{cat}_5.json.gz", formats.REVIEWS_2014_2018),
+        },
+        default_source="ratings",
+        meta_path="meta_{cat}.json.gz",
+        meta_layout=formats.META_2014,
+    ),
+    "2018": Release(
+        name="2018",
+        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/",
+        categories=CATEGORIES_2018,
+        sources={
+            "ratings": Source("categoryFilesSmall/{cat}.csv", formats.RATINGS_2018),
+            "5core": Source("categoryFilesSmall/{cat}_5.json.gz", formats.REVIEWS_2014_2018),
+            "reviews": Source("categoryFiles/{cat}.json.gz", formats.REVIEWS_2014_2018),
+        },
+        default_source="ratings",
+        meta_path="metaFiles2/meta_{cat}.json.gz",
+        meta_layout=formats.META_2018,
+    ),
+    "2023": Release(
+        name="2023",
+        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/raw/",
+        categories=CATEGORIES_2023,
+        sources={"reviews": Source("review_categories/{cat}.jsonl.gz", formats.REVIEWS_2023)},
+        default_source="reviews",
+        meta_path="meta_categories/meta_{cat}.jsonl.gz",
+        meta_layout=formats.META_2023,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One (release, category, source) to download or convert."""
+
+    release: Release
+    category: str
+    source: str
+
+    @property
+    def interactions_path(self) -> str:
+        """Path of the interaction file relative to the release base URL."""
+        return self.release.sources[self.source].path.format(cat=self.category)
+
+    @property
+    def meta_path(self) -> str:
+        """Path of the metadata file relative to the release base URL."""
+        return self.release.meta_path.format(cat=self.category)
+
+    @property
+    def layout(self) -> formats.CsvLayout | formats.JsonLayout:
+        """Record layout of the interaction file."""
+        return self.release.sources[self.source].layout
+
+    @property
+    def label(self) -> str:
+        """``release:category:source``, as accepted by ``--category``."""
+        return f"{self.release.name}:{self.category}:{self.source}"
+
+
+def file_name(relative_path: str) -> str:
+    """The published file name (last path component)."""
+    return PurePosixPath(relative_path).name
+
+
+def get_release(name: str) -> Release:
+    """The release called ``name`` ("2014", "2018" or "2023")."""
+    try:
+        return RELEASES[str(name)]
+    except KeyError:
+        raise PrepError(f"unknown release {name!r}; choose one of {', '.join(RELEASES)}") from None
+
+
+def resolve_category(release: Release, name: str) -> str:
+    """The exact category name, accepting any letter case; unknown names get the closest suggestion."""
+    if name in release.categories:
+        return name
+    by_lower = {c.lower(): c for c in release.categories}
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.4)
+    hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+    raise PrepError(
+        f"release {release.name} has no category {name!r}{hint} (`srt-prep list --release {release.name}`)"
+    )
+
+
+def parse_entry(spec: str, default_release: str | None, default_source: str | None) -> Entry:
+    """Parse ``CATEGORY``, ``RELEASE:CATEGORY`` or ``RELEASE:CATEGORY:SOURCE``."""
+    parts = spec.strip().split(":")
+    if len(parts) == 1:
+        if default_release is None:
+            raise PrepError(f"category {spec!r} needs a release: pass --release or write RELEASE:{spec}")
+        release_name, category, source = default_release, parts[0], default_source
+    elif len(parts) in (2, 3):
+        release_name, category = parts[0], parts[1]
+        source = parts[2] if len(parts) == 3 else default_source
+    else:
+        raise PrepError(
+            f"cannot read {spec!r}: expected CATEGORY, RELEASE:CATEGORY or RELEASE:CATEGORY:SOURCE"
+        )
+    release = get_release(release_name)
+    source = source or release.default_source
+    if source not in release.sources:
+        raise PrepError(
+            f"release {release.name} publishes no {source!r} files; "
+            f"choose one of {', '.join(release.sources)}"
+        )
+    return Entry(release, resolve_category(release, category), source)
+
+
+def table(release_names: list[str] | None = None, urls: bool = False) -> str:
+    """All categories as a plain-text table (one row per release and category)."""
+    header = ["release", "category", "sources (file)", "metadata"]
+    rows = []
+    for release in RELEASES.values():
+        if release_names and release.name not in release_names:
+            continue
+        for cat in release.categories:
+            sources = ", ".join(
+                f"{name} ({file_name(src.path.format(cat=cat))})" for name, src in release.sources.items()
+            )
+            meta = release.meta_path.format(cat=cat)
+            rows.append([release.name, cat, sources, release.base_url + meta if urls else file_name(meta)])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    rows.insert(0, header)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if urls:
+        lines.append("")
+        lines += [f"{r.name} base URL: {r.base_url}" for r in RELEASES.values()]
+    return "\n".join(lines)

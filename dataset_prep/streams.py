@@ -1,0 +1,138 @@
+"""Read plain or gzipped line files incrementally, in blocks of whole lines.
+
+A gzip stream that ends before its end-of-stream marker (a truncated download) is not an error here:
+every complete line is delivered, the partial last line is held back in :attr:`LineBlocks.partial_tail`
+and :attr:`LineBlocks.truncated` is set. A stream that is corrupt (bad header, CRC mismatch) raises
+:class:`PrepError`.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dataset_prep.errors import PrepError
+
+GZIP_MAGIC = b"\x1f\x8b"
+READ_SIZE = 1 << 20
+DEFAULT_BLOCK = 16 << 20
+
+
+@dataclass
+class Block:
+    """Whole lines (each ending in ``\\n``) and the 1-based file line number of the first one."""
+
+    data: bytes
+    first_line: int
+
+    def line_number(self, offset: int) -> int:
+        """File line number of the byte at ``offset`` in this block."""
+        return self.first_line + self.data.count(b"\n", 0, offset)
+
+
+def is_gzip(path: Path) -> bool:
+    """True when the file starts with the gzip magic bytes (the name does not matter)."""
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+class LineBlocks:
+    """Iterate over a file as :class:`Block` objects of about ``block_size`` bytes.
+
+    After iteration: ``lines`` (complete lines seen), ``truncated`` and ``partial_tail``.
+    """
+
+    def __init__(self, path: str | Path, block_size: int = DEFAULT_BLOCK, progress: str | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise PrepError("file not found", self.path)
+        self.block_size = block_size
+        self.progress = progress
+        self.lines = 0
+        self.truncated = False
+        self.partial_tail = b""
+
+    def __iter__(self) -> Iterator[Block]:
+        pieces: list[bytes] = []
+        size = 0
+        with (
+            open(self.path, "rb") as raw,
+            tqdm(
+                total=os.path.getsize(self.path), unit="B", unit_scale=True, desc=self.progress,
+                disable=None if self.progress else True, leave=False,
+            ) as bar,
+        ):  # fmt: skip
+            for data in self._decoded(raw, bar):
+                pieces.append(data)
+                size += len(data)
+                if size < self.block_size:
+                    continue
+                joined = b"".join(pieces)
+                cut = joined.rfind(b"\n") + 1
+                pieces, size = [joined[cut:]], len(joined) - cut
+                if cut:
+                    yield self._block(joined[:cut])
+        rest = b"".join(pieces)
+        cut = rest.rfind(b"\n") + 1
+        if cut:
+            yield self._block(rest[:cut])
+        tail = rest[cut:]
+        if self.truncated:
+            self.partial_tail = tail
+        elif tail.strip():
+            yield self._block(tail + b"\n")
+
+    def _block(self, data: bytes) -> Block:
+        block = Block(data, self.lines + 1)
+        self.lines += data.count(b"\n")
+        return block
+
+    def _decoded(self, raw, bar: tqdm) -> Iterator[bytes]:
+        """Decompressed bytes (or the plain bytes) in pieces of at most ``block_size``."""
+        head = raw.read(2)
+        raw.seek(0)
+        if head != GZIP_MAGIC:
+            while chunk := raw.read(self.block_size):
+                bar.update(len(chunk))
+                yield chunk
+            return
+        decomp = zlib.decompressobj(wbits=31)
+        member_has_data = False
+        while True:
+            chunk = raw.read(READ_SIZE)
+            bar.update(len(chunk))
+            if not chunk:
+                break
+            while chunk:
+                try:
+                    out = decomp.decompress(chunk, self.block_size)
+                except zlib.error as err:
+                    raise PrepError(f"corrupt gzip stream ({err})", self.path) from None
+                member_has_data = True
+                if out:
+                    yield out
+                if decomp.eof:  # end of a gzip member; another may follow
+                    chunk = decomp.unused_data.lstrip(b"\0")
+                    decomp = zlib.decompressobj(wbits=31)
+                    member_has_data = False
+                else:
+                    chunk = decomp.unconsumed_tail
+        if member_has_data:
+            out = decomp.flush()
+            if out:
+                yield out
+            self.truncated = True
+
+
+def verify_gzip(path: str | Path) -> None:
+    """Decompress the whole file, checking every member's CRC and length; raise :class:`PrepError` if bad."""
+    blocks = LineBlocks(path, block_size=8 << 20)
+    for _ in blocks:
+        pass
+    if blocks.truncated:
+        raise PrepError("gzip stream is truncated (incomplete download?)", path)
