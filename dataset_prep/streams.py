@@ -131,6 +131,8 @@ class LineBlocks:
 
 def verify_gzip(path: str | Path) -> None:
     """Decompress the whole file, checking every member's CRC and length; raise :class:`PrepError` if bad."""
+    if not is_gzip(Path(path)):
+        raise PrepError("not a gzip file", path)
     blocks = LineBlocks(path, block_size=8 << 20)
     for _ in blocks:
         pass
