@@ -114,7 +114,7 @@ def _slow_block(block: Block, layout: Layout, parse_line: Callable, stats: FileS
             stats.non_utf8 += 1
         try:
             user, item, rating, ts = parse_line(line, layout)
-        except (ValueError, TypeError, KeyError, RecursionError) as err:
+        except (ValueError, TypeError, RecursionError) as err:
             stats.bad(number, str(err) or type(err).__name__)
             continue
         users.append(user)
@@ -168,7 +168,7 @@ def _json_line(line: str, layout: JsonLayout) -> tuple[str, str, float, float]:
         raise ValueError(f"not a JSON object: {line.strip()[:60]!r}")
     for key in (layout.user_key, layout.item_key, layout.rating_key, layout.time_key):
         if key not in record:
-            raise KeyError(f"missing key {key!r}")
+            raise ValueError(f"missing key {key!r}")
     return (
         _ident(record[layout.user_key], layout.user_key),
         _ident(record[layout.item_key], layout.item_key),
