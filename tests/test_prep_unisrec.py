@@ -1,0 +1,99 @@
+"""import-unisrec: RecBole's leave-one-out split of the output reproduces UniSRec's valid/test exactly."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from dataset_prep.cli import main
+
+SCIENTIFIC = Path(__file__).parents[1].parent / "shared" / "data" / "scientific-unisrec"
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # RecBole's own pandas fillna warnings
+
+
+def read_index(path: Path) -> list[str]:
+    pairs = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
+    return [token for token, _ in sorted(pairs, key=lambda p: int(p[1]))]
+
+
+def read_split(path: Path, users: list[str], items: list[str]) -> dict[str, tuple[list[str], str]]:
+    """user -> (history, target) in original ids."""
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        user, history, target = line.split("\t")
+        out[users[int(user)]] = ([items[int(i)] for i in history.split()], items[int(target)])
+    return out
+
+
+def split_targets(loader, dataset) -> dict[str, tuple[list[str], str]]:
+    """user -> (history, target) from a RecBole eval dataloader, in original ids."""
+    feat = loader._dataset.inter_feat
+    user_tok = dataset.field2id_token["user_id"]
+    item_tok = dataset.field2id_token["item_id"]
+    out = {}
+    for u, target, hist, n in zip(
+        feat["user_id"].tolist(),
+        feat["item_id"].tolist(),
+        feat["item_id_list"].tolist(),
+        feat["item_length"].tolist(),
+        strict=True,
+    ):
+        out[user_tok[u]] = ([item_tok[i] for i in hist[:n]], item_tok[target])
+    return out
+
+
+def test_scientific_loo_split_matches_unisrec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not SCIENTIFIC.is_dir():
+        pytest.skip(f"shared sample {SCIENTIFIC} is absent (tests read ../shared/data in place)")
+    assert (
+        main(
+            ["import-unisrec", "--input", str(SCIENTIFIC), "--name", "scientific", "--output", str(tmp_path)]
+        )
+        == 0
+    )
+
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # RecBole's Config parses --key=value from sys.argv
+    config = Config(
+        model="SASRec",
+        dataset="scientific",
+        config_file_list=[str(tmp_path / "scientific" / "scientific.yaml")],
+        config_dict={"train_neg_sample_args": None, "loss_type": "CE", "show_progress": False},
+    )
+    logging.getLogger().setLevel(logging.ERROR)
+    dataset = create_dataset(config)
+    _, valid_data, test_data = data_preparation(config, dataset)
+
+    users = read_index(SCIENTIFIC / "Scientific.user2index")
+    items = read_index(SCIENTIFIC / "Scientific.item2index")
+    expected_valid = read_split(SCIENTIFIC / "Scientific.valid.inter", users, items)
+    expected_test = read_split(SCIENTIFIC / "Scientific.test.inter", users, items)
+    got_valid = split_targets(valid_data, dataset)
+    got_test = split_targets(test_data, dataset)
+
+    assert len(expected_test) == len(users) == 8442
+    assert {u: t for u, (_, t) in got_valid.items()} == {u: t for u, (_, t) in expected_valid.items()}
+    assert {u: t for u, (_, t) in got_test.items()} == {u: t for u, (_, t) in expected_test.items()}
+    assert got_test == expected_test  # histories too (both capped at 50)
+    assert got_valid == expected_valid
+    assert dataset.item_num - 1 == len(items)
+    assert "text" in dataset.item_feat.columns
+
+
+def test_inconsistent_unisrec_files_are_rejected(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "Toy.item2index").write_text("I0\t0\nI1\t1\nI2\t2\n")
+    (src / "Toy.user2index").write_text("U0\t0\n")
+    head = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+    (src / "Toy.train.inter").write_text(head + "0\t0\t1\n")
+    (src / "Toy.valid.inter").write_text(head + "0\t0 1\t2\n")
+    (src / "Toy.test.inter").write_text(head + "0\t0 2\t1\n")  # history should be "0 1 2"
+    (src / "Toy.text").write_text("item_id:token\ttext:token_seq\nI0\ta\nI1\tb\nI2\tc\n")
+    assert main(["import-unisrec", "--input", str(src), "--name", "toy", "--output", str(tmp_path)]) == 2
+    assert "Toy.test.inter:2: line does not match" in capsys.readouterr().err
