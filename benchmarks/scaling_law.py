@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
+from threadpoolctl import ThreadpoolController  # installed with scikit-learn, a RecBole dependency
 
 HUBER_DELTA = 1e-3
 # Start grid: E as a fraction of min(y); exponents; each power-law term as a fraction of median(y).
@@ -43,6 +44,10 @@ N_AGREE = 3
 OBJECTIVE_RTOL = 1e-3
 OBJECTIVE_ATOL = 1e-9  # the scaled objective is ~ mean |log residual|; this is exact-fit level
 PARAM_ATOL = 1e-2
+
+# L-BFGS-B's tiny dense linear algebra goes through OpenBLAS, whose worker threads make these
+# millisecond fits ~25x slower when the CPU is shared (e.g. with a training run): fit single-threaded.
+_BLAS = ThreadpoolController()
 
 POWER_LAW_PARAMS = ("E", "A", "alpha")
 CHINCHILLA_PARAMS = ("E", "A", "alpha", "B", "beta")
@@ -202,17 +207,18 @@ def _fit_lse(
     centre = logx.mean(axis=0)
     logx_c = logx - centre
     runs = []
-    for start in np.atleast_2d(starts):
-        res = minimize(
-            _objective,
-            _to_centred(np.asarray(start, dtype=float), centre),
-            args=(logx_c, logy, delta),
-            jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": maxiter, "ftol": 1e-14, "gtol": 1e-10},
-        )
-        if np.isfinite(res.fun):
-            runs.append(res)
+    with _BLAS.limit(limits=1, user_api="blas"):
+        for start in np.atleast_2d(starts):
+            res = minimize(
+                _objective,
+                _to_centred(np.asarray(start, dtype=float), centre),
+                args=(logx_c, logy, delta),
+                jac=True,
+                method="L-BFGS-B",
+                options={"maxiter": maxiter, "ftol": 1e-14, "gtol": 1e-10},
+            )
+            if np.isfinite(res.fun):
+                runs.append(res)
     if not runs:
         raise RuntimeError(f"{law}: every start produced a non-finite objective")
     runs.sort(key=lambda r: r.fun)
