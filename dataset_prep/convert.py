@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from dataset_prep.errors import PrepError
 from dataset_prep.readers import FileStats, MetaStats, read_interactions, read_meta
 from dataset_prep.registry import Entry, file_name
 from dataset_prep.report import Report
-from dataset_prep.streams import LineBlocks
+from dataset_prep.streams import LineBlocks, prefetched
 from dataset_prep.table import Interactions
 
 FORMAT_VERSION = 1
@@ -114,18 +115,21 @@ def convert(opts: ConvertOptions) -> dict:
     input_stats = []
     for entry, path, _ in files:
         stats = FileStats(str(path))
-        for chunk in read_interactions(path, entry.layout, stats):
+        for chunk in prefetched(read_interactions(path, entry.layout, stats)):
             inter.add(chunk, _item_prefix(entry, multi_release))
         _warn_about(stats, report)
         input_stats.append({"entry": entry.label, **asdict(stats)})
     inter.freeze()
 
-    with Staging(target) as stage:
+    with Staging(target) as stage, ThreadPoolExecutor(1) as pool:
+        # Sorted in the background (numpy sorts release the GIL) while the metadata is read.
+        sorting = pool.submit(filters.user_time_order, inter.user, inter.ts)
         spool = stage.scratch("items.spool")
         meta = _spool_metadata(files, inter, multi_release, opts, spool, report)
-        keep, counts = _filter(inter, meta, input_stats, opts, report)
+        order = sorting.result()
+        keep, counts = _filter(inter, meta, input_stats, opts, report, order)
         kept_items = np.bincount(inter.item[keep], minlength=len(inter.items)) > 0
-        write_tsv(stage.path(f"{opts.name}.inter"), INTER_HEADER, _inter_batches(inter, keep))
+        write_tsv(stage.path(f"{opts.name}.inter"), INTER_HEADER, _inter_batches(inter, order[keep[order]]))
         _write_items(stage.path(f"{opts.name}.item"), spool, kept_items, meta.has_meta, inter.items.tokens)
         write_yaml(
             stage.path(f"{opts.name}.yaml"),
@@ -155,7 +159,12 @@ def convert(opts: ConvertOptions) -> dict:
 
 
 def _filter(
-    inter: Interactions, meta: Metadata, input_stats: list[dict], opts: ConvertOptions, report: Report
+    inter: Interactions,
+    meta: Metadata,
+    input_stats: list[dict],
+    opts: ConvertOptions,
+    report: Report,
+    order: np.ndarray,
 ) -> tuple[np.ndarray, dict]:
     """Apply every filter in order, counting drops in ``report``; the keep mask and user/item counts."""
     n_users, n_items = len(inter.users), len(inter.items)
@@ -175,7 +184,7 @@ def _filter(
         drops["missing_text"] = filters.by_code(inter.item, keep, meta.has_meta & ~meta.has_text)
     excluded = _excluded_users(opts.exclude_users_of, inter)
     drops["excluded_user"] = filters.by_code(inter.user, keep, excluded)
-    drops["duplicate"] = filters.duplicates(inter.user, inter.item, inter.ts, keep, n_items, opts.dedup)
+    drops["duplicate"] = filters.duplicates(inter.user, inter.item, keep, order, opts.dedup)
     drops["k_core"] = filters.k_core(
         inter.user, inter.item, keep, (n_users, n_items), opts.min_user_inter, opts.min_item_inter
     )
@@ -287,10 +296,8 @@ def _inter_users(path: Path) -> Iterator[str]:
                 yield cells[column]
 
 
-def _inter_batches(inter: Interactions, keep: np.ndarray) -> Iterator[pa.RecordBatch]:
-    """Kept rows sorted by (user code, time), stable on ties, as arrow batches of tokens."""
-    rows = np.flatnonzero(keep)
-    order = rows[np.lexsort((inter.ts[rows], inter.user[rows]))]
+def _inter_batches(inter: Interactions, order: np.ndarray) -> Iterator[pa.RecordBatch]:
+    """Rows ``order`` as arrow batches of tokens; integral numbers are written as integers."""
     user_tokens = pa.array(inter.users.tokens, pa.string())
     item_tokens = pa.array(inter.items.tokens, pa.string())
     for start in range(0, len(order), WRITE_BATCH):
@@ -299,11 +306,17 @@ def _inter_batches(inter: Interactions, keep: np.ndarray) -> Iterator[pa.RecordB
             [
                 user_tokens.take(pa.array(inter.user[take])),
                 item_tokens.take(pa.array(inter.item[take])),
-                pa.array(inter.rating[take]),
-                pa.array(inter.ts[take]),
+                _number_column(inter.rating[take]),
+                _number_column(inter.ts[take]),
             ],
             names=["user_id", "item_id", "rating", "timestamp"],
         )
+
+
+def _number_column(values: np.ndarray) -> pa.Array:
+    """Integers when every value is integral (same text, faster to format), else the floats."""
+    as_int = values.astype(np.int64)
+    return pa.array(as_int if np.array_equal(as_int, values) else values)
 
 
 def _write_items(path: Path, spool: Path, kept: np.ndarray, has_meta: np.ndarray, tokens: list[str]) -> None:

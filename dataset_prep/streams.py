@@ -9,18 +9,23 @@ and :attr:`LineBlocks.truncated` is set. A stream that is corrupt (bad header, C
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from tqdm import tqdm
 
 from dataset_prep.errors import PrepError
 
+T = TypeVar("T")
+
 GZIP_MAGIC = b"\x1f\x8b"
 READ_SIZE = 1 << 20
-DEFAULT_BLOCK = 16 << 20
+DEFAULT_BLOCK = 32 << 20
 
 
 @dataclass
@@ -138,3 +143,39 @@ def verify_gzip(path: str | Path) -> None:
         pass
     if blocks.truncated:
         raise PrepError("gzip stream is truncated (incomplete download?)", path)
+
+
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Produce ``items`` in a background thread, up to ``depth`` ahead: parsing (pyarrow, zlib; both
+    release the GIL) overlaps the consumer's work. An exception in the producer is re-raised here."""
+    slots: queue.Queue = queue.Queue(depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put((item, None))
+            slots.put((done, None))
+        except BaseException as err:  # handed to the consumer
+            slots.put((done, err))
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, err = slots.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                worker.join(0.01)

@@ -6,6 +6,8 @@ each distinct user/item string is held once, in a :class:`Vocab`.
 
 from __future__ import annotations
 
+from itertools import repeat
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,11 +28,14 @@ class Vocab:
         return len(self.tokens)
 
     def encode(self, strings: pa.Array, prefix: str = "") -> np.ndarray:
-        """Codes of an arrow string array, interning each distinct string once per call."""
+        """Codes of an arrow string array; each distinct string of the array is looked up once."""
         encoded = pc.dictionary_encode(strings)
-        lookup = np.fromiter(
-            (self.code(prefix + s) for s in encoded.dictionary.to_pylist()), np.int32, len(encoded.dictionary)
-        )
+        distinct = encoded.dictionary.to_pylist()
+        if prefix:
+            distinct = [prefix + s for s in distinct]
+        lookup = np.fromiter(map(self.codes.get, distinct, repeat(-1)), np.int32, len(distinct))
+        for i in np.flatnonzero(lookup < 0):  # new strings only: a Python loop over the vocabulary, once
+            lookup[i] = self.code(distinct[i])
         return lookup[encoded.indices.to_numpy(zero_copy_only=False)]
 
     def code(self, token: str) -> int:

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 _TAG = re.compile(r"<[A-Za-z/!][^<>]*(?:>|$)")
 # Every whitespace (tabs, CR, LF, U+2028, ...) and every control character.
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+# Anything clean_text would change: entity, tag, quote, control, whitespace other than single inner spaces.
+_NEEDS_CLEANING = re.compile(r'[&<"\x00-\x1f\x7f-\x9f]|[^\S ]|  |^ | $')
 _BAD_TOKEN = re.compile(r'[\s"\x00-\x1f\x7f-\x9f]')
 CATEGORY_SEPARATOR = ", "
 
@@ -26,8 +28,12 @@ def clean_text(value: object, max_len: int | None = None) -> str:
         value = " ".join(clean_text(v) for v in value if isinstance(v, str | list | tuple))
     elif not isinstance(value, str):
         return ""
-    text = _TAG.sub(" ", html.unescape(value))
-    text = _SPACE.sub(" ", text.replace('"', "'")).strip()
+    text = value
+    if _NEEDS_CLEANING.search(text):
+        text = html.unescape(text) if "&" in text else text
+        if "<" in text:
+            text = _TAG.sub(" ", text)
+        text = _SPACE.sub(" ", text.replace('"', "'")).strip()
     if max_len is not None and len(text) > max_len:
         cut = text.rfind(" ", 0, max_len + 1)
         text = text[: cut if cut > max_len // 2 else max_len].rstrip()

@@ -102,15 +102,36 @@ def test_registry() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "ts",
+    [
+        [3.0, 1.0, 2.0, 1.0, 5.0, 1.0],  # whole seconds: packed key
+        [1600000000.2, 1600000000.0, 1600000000.1, 1600000000.0, 1.5, 1600000000.0],  # ms: packed key
+        [0.25e-4, 0.0, 0.1e-4, 0.0, 9e-4, 0.0],  # sub-millisecond: two sorts
+        [1e300, -1e300, 0.0, -1e300, 1e301, -1e300],  # does not fit 63 bits: two sorts
+    ],
+)
+def test_user_time_order_matches_a_plain_stable_sort(ts: list[float]) -> None:
+    user = np.array([1, 0, 1, 0, 0, 0], np.int32)
+    expected = sorted(range(6), key=lambda i: (user[i], ts[i], i))
+    assert filters.user_time_order(user, np.array(ts)).tolist() == expected
+
+
 def test_filters_dedup_and_k_core() -> None:
     user = np.array([0, 0, 0, 1, 1, 2], np.int32)
     item = np.array([0, 0, 1, 0, 1, 2], np.int32)
     ts = np.array([5.0, 5.0, 1.0, 2.0, 3.0, 4.0])
+    order = filters.user_time_order(user, ts)
+    assert order.tolist() == [2, 0, 1, 3, 4, 5]
     keep = np.ones(6, bool)
-    assert filters.duplicates(user, item, ts, keep, 3, "first") == 1
+    assert filters.duplicates(user, item, keep, order, "first") == 1
     assert keep.tolist() == [True, False, True, True, True, True]  # tie: the first in input order
     keep = np.ones(6, bool)
-    assert filters.duplicates(user, item, ts, keep, 3, "last") == 1
+    assert filters.duplicates(user, item, keep, order, "last") == 1
+    assert keep.tolist() == [False, True, True, True, True, True]
+    ts[1] = 0.5  # now row 1 is the earliest of the pair
+    keep = np.ones(6, bool)
+    assert filters.duplicates(user, item, keep, filters.user_time_order(user, ts), "first") == 1
     assert keep.tolist() == [False, True, True, True, True, True]
     keep = np.ones(6, bool)
     assert filters.k_core(user, item, keep, (3, 3), 2, 2) == 1  # user 2 / item 2 go
