@@ -1,0 +1,237 @@
+"""SRT: the Scalable Recommendation Transformer (Zivic, Vazquez, Sánchez, SIGIR '24).
+
+A SASRec-style causal transformer for next-item prediction whose item ID embedding table is
+replaced by a frozen item feature matrix (text embeddings) and a trainable projection, so that
+the number of trainable parameters does not depend on the catalog size and items never seen in
+training can be scored from their text.
+
+Shapes: B batch, L = MAX_ITEM_LIST_LENGTH, d = hidden_size, F = feature dim, N = n_items
+(including padding id 0), K = neg_sample_num, M = number of training targets in a batch.
+
+    item_features  [N, F]   frozen buffer (row 0 = padding, zeros)
+    item tower     [*, F] -> [*, d]        Linear, or Linear-GELU-LayerNorm-Dropout-Linear
+    sequence       [B, L] ids -> tower + positions -> n_layers causal blocks -> [B, L, d]
+    scores         [B, d] @ [N, d]^T -> [B, N]
+
+RecBole pads sequences on the right, so a causal mask alone keeps every real position from
+seeing padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_srt.features import load_item_features
+
+LOSS_TYPES = ("CE", "SSM", "BPR")
+
+
+class ItemTower(nn.Module):
+    """Frozen item features ``[*, F]`` -> trainable projection -> ``[*, d]``."""
+
+    def __init__(self, feature_size: int, hidden_size: int, projection: str, inner_size: int, dropout: float):
+        super().__init__()
+        if projection == "linear":
+            self.net = nn.Linear(feature_size, hidden_size)
+        elif projection == "mlp":
+            self.net = nn.Sequential(
+                nn.Linear(feature_size, inner_size),
+                nn.GELU(),
+                nn.LayerNorm(inner_size),
+                nn.Dropout(dropout),
+                nn.Linear(inner_size, hidden_size),
+            )
+        else:
+            raise ValueError(f"projection must be 'linear' or 'mlp', got {projection!r}")
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention ``[B, L, d] -> [B, L, d]`` with SDPA."""
+
+    def __init__(self, hidden_size: int, n_heads: int, attn_dropout: float, dropout: float):
+        super().__init__()
+        if hidden_size % n_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.attn_dropout = attn_dropout
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (t.view(B, L, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        return self.dropout(self.out(y.transpose(1, 2).reshape(B, L, d)))
+
+
+class Block(nn.Module):
+    """Transformer block: attention + feed-forward, LayerNorm before (pre-LN) or after (post-LN)."""
+
+    def __init__(self, hidden_size, n_heads, inner_size, attn_dropout, dropout, act, eps, norm_first):
+        super().__init__()
+        self.norm_first = norm_first
+        self.attn = CausalSelfAttention(hidden_size, n_heads, attn_dropout, dropout)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden_size, inner_size),
+            {"gelu": nn.GELU(), "relu": nn.ReLU(), "swish": nn.SiLU()}[act],
+            nn.Linear(inner_size, hidden_size),
+            nn.Dropout(dropout),
+        )
+        self.norm1 = nn.LayerNorm(hidden_size, eps=eps)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.attn(self.norm1(x))
+            return x + self.ffn(self.norm2(x))
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.ffn(x))
+
+
+class SRT(SequentialRecommender):
+    """SASRec-style causal transformer over frozen item text features (no item ID embeddings).
+
+    Every item-side parameter lives in :class:`ItemTower`, applied to the same frozen features
+    for sequence inputs and for candidates, so the trainable parameter count is independent
+    of the catalog.
+    """
+
+    # Negatives for SSM and BPR are drawn by the model itself (popularity, with logQ correction),
+    # so RecBole's train_neg_sample_args must stay None for every loss_type.
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset, item_features: torch.Tensor | None = None):
+        super().__init__(config, dataset)
+        self.loss_type = config["loss_type"]
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"SRT loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if config["train_neg_sample_args"]["distribution"] != "none":
+            raise ValueError(
+                "SRT samples its own negatives (neg_sample_num); set train_neg_sample_args: ~ "
+                f"(got {config['train_neg_sample_args']})"
+            )
+        self.hidden_size = config["hidden_size"]
+        self.train_all_positions = config["train_all_positions"]
+        self.neg_sample_num = config["neg_sample_num"]
+
+        if item_features is None:
+            item_features = load_item_features(config, dataset)
+        if item_features.shape[0] != self.n_items:
+            raise ValueError(f"item_features has {item_features.shape[0]} rows for {self.n_items} item ids")
+        self.register_buffer("item_features", item_features.float(), persistent=False)
+        counts = torch.bincount(torch.as_tensor(dataset.inter_feat[self.ITEM_ID]), minlength=self.n_items)
+        sampling_weight = (counts + 1).float()
+        sampling_weight[0] = 0.0  # never sample padding
+        self.register_buffer("sampling_weight", sampling_weight, persistent=False)
+        self.register_buffer("log_q", torch.log(sampling_weight / sampling_weight.sum()), persistent=False)
+
+        dropout, eps = config["hidden_dropout_prob"], config["layer_norm_eps"]
+        self.item_tower = ItemTower(
+            item_features.shape[1],
+            self.hidden_size,
+            config["projection"],
+            config["projection_inner_size"],
+            config["projection_dropout"],
+        )
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.input_norm = nn.LayerNorm(self.hidden_size, eps=eps)
+        self.input_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                self.hidden_size,
+                config["n_heads"],
+                config["inner_size"],
+                config["attn_dropout_prob"],
+                dropout,
+                config["hidden_act"],
+                eps,
+                config["norm_first"],
+            )
+            for _ in range(config["n_layers"])
+        )
+        self.final_norm = nn.LayerNorm(self.hidden_size, eps=eps) if config["norm_first"] else nn.Identity()
+        self.initializer_range = config["initializer_range"]
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=self.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def item_embedding(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """``[*]`` item ids -> ``[*, d]`` through the item tower, each distinct item projected once."""
+        distinct, index = torch.unique(item_ids, return_inverse=True)
+        return self.item_tower(self.item_features[distinct])[index]
+
+    def all_item_embeddings(self) -> torch.Tensor:
+        """``[N, d]``: the whole catalog through the item tower (row 0 = padding)."""
+        return self.item_tower(self.item_features)
+
+    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` item ids (right-padded with 0) -> ``[B, L, d]`` hidden state at every position."""
+        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+        x = self.item_embedding(item_seq) + self.position_embedding(positions)
+        x = self.input_dropout(self.input_norm(x))
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x)
+
+    def _targets(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states ``[M, d]`` and their next-item targets ``[M]`` for the training loss."""
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        pos_items = interaction[self.POS_ITEM_ID]
+        hidden = self.forward(item_seq)
+        if not self.train_all_positions:
+            return self.gather_indexes(hidden, item_seq_len - 1), pos_items
+        # Position t predicts item t+1; the last real position predicts the interaction's target.
+        targets = torch.cat([item_seq[:, 1:], torch.zeros_like(item_seq[:, :1])], dim=1)
+        targets = targets.scatter(1, (item_seq_len - 1).unsqueeze(1), pos_items.unsqueeze(1))
+        real = torch.arange(item_seq.shape[1], device=item_seq.device) < item_seq_len.unsqueeze(1)
+        return hidden[real], targets[real]
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        hidden, targets = self._targets(interaction)  # [M, d], [M]
+        if self.loss_type == "CE":
+            logits = hidden @ self.all_item_embeddings().T  # [M, N]
+            logits[:, 0] = float("-inf")
+            return F.cross_entropy(logits.float(), targets)
+
+        negatives = torch.multinomial(self.sampling_weight, self.neg_sample_num, replacement=True)  # [K]
+        pos_logits = (hidden * self.item_embedding(targets)).sum(-1, keepdim=True)  # [M, 1]
+        neg_logits = hidden @ self.item_embedding(negatives).T  # [M, K]
+        is_positive = negatives.unsqueeze(0) == targets.unsqueeze(1)  # [M, K]
+        if self.loss_type == "SSM":
+            # logQ correction: subtract the log sampling probability from every sampled logit.
+            pos_logits = pos_logits - self.log_q[targets].unsqueeze(1)
+            neg_logits = (neg_logits - self.log_q[negatives]).masked_fill(is_positive, float("-inf"))
+            logits = torch.cat([pos_logits, neg_logits], dim=1).float()
+            return F.cross_entropy(logits, torch.zeros_like(targets))
+        pair_loss = -F.logsigmoid((pos_logits - neg_logits).float())  # BPR, [M, K]
+        keep = ~is_positive
+        return (pair_loss * keep).sum() / keep.sum().clamp(min=1)
+
+    def _last_hidden(self, interaction) -> torch.Tensor:
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        return self.gather_indexes(self.forward(item_seq), item_seq_len - 1)  # [B, d]
+
+    def predict(self, interaction) -> torch.Tensor:
+        """Score of each row's candidate ``interaction[ITEM_ID]`` -> ``[B]``."""
+        return (self._last_hidden(interaction) * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        """Scores over the whole catalog -> ``[B, N]``; padding id 0 scores ``-inf``."""
+        scores = self._last_hidden(interaction) @ self.all_item_embeddings().T
+        scores[:, 0] = float("-inf")
+        return scores

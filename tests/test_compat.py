@@ -1,0 +1,79 @@
+"""The compatibility layer: each shim or pin has a test that fails without it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import numpy as np
+import pytest
+from conftest import tiny_config, write_tiny_dataset
+from recbole.config import Config
+from recbole.data import create_dataset
+
+from recbole_srt.compat import IncompatibleStackError, check_stack
+
+
+def versions_with(**overrides):
+    return lambda dist: overrides.get(dist, importlib.metadata.version(dist))
+
+
+def test_installed_stack_passes():
+    check_stack()
+
+
+@pytest.mark.parametrize(
+    ("dist", "version"),
+    [("pandas", "3.0.0"), ("numpy", "2.1.0"), ("setuptools", "82.0.0"), ("pyarrow", "26.0.0")],
+)
+def test_stack_known_to_break_recbole_is_refused(dist, version):
+    with pytest.raises(IncompatibleStackError, match=rf"(?s){dist}=={version}: .*pip install '{dist}<"):
+        check_stack(versions_with(**{dist: version}))
+
+
+def test_missing_values_survive_dataset_loading(tmp_path):
+    """pandas 3 would turn a missing token into -2**63 and leave a missing float NaN (silent corruption)."""
+    folder = write_tiny_dataset(tmp_path)
+    item = folder / "tiny.item"
+    lines = item.read_text().splitlines()
+    lines[1] = "i0\tsome title\t\t"  # empty brand (token) and price (float)
+    item.write_text("\n".join(lines) + "\n")
+    config = Config(
+        model="SRT",
+        dataset="tiny",
+        config_dict=tiny_config(
+            tmp_path,
+            load_col={"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "brand", "price"]},
+        ),
+    )
+    dataset = create_dataset(config)
+    brand = np.asarray(dataset.item_feat["brand"])
+    price = np.asarray(dataset.item_feat["price"], dtype=float)
+    assert brand.min() >= 0 and np.isfinite(price).all()
+    row = list(dataset.field2id_token["item_id"]).index("i0")
+    assert brand[row] == 0  # RecBole's padding token for "missing"
+
+
+def test_pinned_stack_imports_ray_tune_and_pyarrow():
+    """numpy<2 (ray's np.bool8), setuptools<82 (ray's pkg_resources), pyarrow<26 (numpy 2 only)."""
+    import pyarrow
+    from ray.tune.logger import tensorboardx  # noqa: F401
+
+    assert pyarrow.array([1, 2]).to_numpy().sum() == 3
+
+
+def test_sequential_ce_models_run_with_recbole_defaults(tmp_path):
+    """RecBole 1.2.1 rejects its own SASRec/BERT4Rec defaults (CE + uniform train negatives)."""
+    write_tiny_dataset(tmp_path)
+    for model in ("SASRec", "BERT4Rec"):
+        config = Config(model=model, dataset="tiny", config_dict={"data_path": str(tmp_path)})
+        assert config["train_neg_sample_args"]["distribution"] == "none"
+
+
+def test_explicit_negative_sampling_with_ce_is_still_refused(tmp_path):
+    write_tiny_dataset(tmp_path)
+    explicit = {
+        "data_path": str(tmp_path),
+        "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1},
+    }
+    with pytest.raises(ValueError, match="should be None when the loss_type is CE"):
+        Config(model="SASRec", dataset="tiny", config_dict=explicit)

@@ -1,0 +1,152 @@
+"""SRT model: shapes, losses, catalog-independent size, causality, padding, AMP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_batch, make_srt
+
+N_ITEMS = 20
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "SSM", "BPR"])
+@pytest.mark.parametrize("all_positions", [False, True])
+def test_loss_is_finite_scalar_and_trains_only_the_model(loss_type, all_positions):
+    model = make_srt(N_ITEMS, loss_type=loss_type, train_all_positions=all_positions)
+    loss = model.calculate_loss(make_batch(N_ITEMS))
+    assert loss.shape == () and torch.isfinite(loss)
+    loss.backward()
+    assert model.item_tower.net.weight.grad is not None
+    assert all(p.grad is not None for p in model.blocks.parameters())
+    assert not model.item_features.requires_grad
+
+
+def test_predict_and_full_sort_predict_shapes_and_padding():
+    model = make_srt(N_ITEMS).eval()
+    batch = make_batch(N_ITEMS, batch_size=3)
+    with torch.no_grad():
+        scores = model.full_sort_predict(batch)
+        single = model.predict(batch)
+    assert scores.shape == (3, N_ITEMS)
+    assert torch.isneginf(scores[:, 0]).all() and torch.isfinite(scores[:, 1:]).all()
+    # predict scores the same (sequence, item) pairs that full_sort_predict ranks
+    torch.testing.assert_close(single, scores.gather(1, batch["item_id"].unsqueeze(1)).squeeze(1))
+
+
+def test_trainable_parameters_do_not_grow_with_the_catalog():
+    def trainable(model):
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    small, large = make_srt(1_001), make_srt(1_000_001)
+    assert trainable(small) == trainable(large)
+    assert small.item_features.shape[0] == 1_001 and large.item_features.shape[0] == 1_000_001
+
+
+def test_no_item_table_in_state_dict_or_optimizer():
+    n_items = 997  # a size no layer width shares
+    model = make_srt(n_items, projection="mlp")
+    state = model.state_dict()
+    assert "item_features" not in state and not any("embedding" in k and "position" not in k for k in state)
+    assert all(n_items not in tensor.shape for tensor in state.values())
+    assert all(param is not model.item_features for param in model.parameters())
+
+
+def test_position_t_never_sees_later_items():
+    model = make_srt(N_ITEMS).eval()
+    seq = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    changed = seq.clone()
+    changed[0, 4:] = torch.tensor([9, 10])
+    with torch.no_grad():
+        before, after = model(seq), model(changed)
+    torch.testing.assert_close(before[:, :4], after[:, :4])
+    assert not torch.allclose(before[:, 4:], after[:, 4:])
+
+
+def test_all_positions_targets_are_the_next_items():
+    model = make_srt(N_ITEMS, train_all_positions=True)
+    batch = {
+        "item_id_list": torch.tensor([[5, 6, 7, 0, 0, 0]]),
+        "item_length": torch.tensor([3]),
+        "item_id": torch.tensor([8]),
+    }
+    hidden, targets = model._targets(batch)
+    assert targets.tolist() == [6, 7, 8] and hidden.shape == (3, 16)
+
+
+def test_sampled_softmax_matches_hand_computation_with_logq():
+    model = make_srt(N_ITEMS, loss_type="SSM", neg_sample_num=7).eval()  # no dropout: same RNG draws
+    batch = make_batch(N_ITEMS)
+    torch.manual_seed(123)
+    loss = model.calculate_loss(batch)
+
+    torch.manual_seed(123)
+    negatives = torch.multinomial(model.sampling_weight, 7, replacement=True)
+    hidden, targets = model._targets(batch)
+    items = model.item_tower(model.item_features)
+    q = model.sampling_weight / model.sampling_weight.sum()
+    logits = hidden @ items.T - q.log()  # logQ-corrected logit of every item, [M, N]
+    pos = logits.gather(1, targets.unsqueeze(1))
+    neg = logits[:, negatives].masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    expected = F.cross_entropy(torch.cat([pos, neg], 1), torch.zeros_like(targets))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_negatives_equal_to_the_positive_are_masked():
+    # A one-item catalog: every sampled negative is the positive, so only the positive logit remains.
+    model = make_srt(2, loss_type="SSM", neg_sample_num=4)
+    batch = {
+        "item_id_list": torch.tensor([[1, 1, 0, 0, 0, 0]]),
+        "item_length": torch.tensor([2]),
+        "item_id": torch.tensor([1]),
+    }
+    assert model.calculate_loss(batch).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_popularity_sampling_never_draws_padding():
+    model = make_srt(N_ITEMS)
+    assert model.sampling_weight[0] == 0
+    draws = torch.multinomial(model.sampling_weight, 10_000, replacement=True)
+    assert draws.min() >= 1
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("projection", ["linear", "mlp"])
+def test_architectures_fit_a_batch(norm_first, projection):
+    model = make_srt(
+        N_ITEMS,
+        norm_first=norm_first,
+        projection=projection,
+        n_layers=2,
+        hidden_dropout_prob=0.0,
+        projection_dropout=0.0,
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = make_batch(N_ITEMS, batch_size=8)
+    first = model.calculate_loss(batch)
+    for _ in range(20):
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+    assert model.calculate_loss(batch) < 0.9 * first
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "SSM", "BPR"])
+def test_bf16_autocast_on_cpu(loss_type):
+    model = make_srt(N_ITEMS, loss_type=loss_type, train_all_positions=True)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = model.calculate_loss(make_batch(N_ITEMS))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(model.item_tower.net.weight.grad).all()
+
+
+def test_bad_configuration_is_a_clear_error():
+    with pytest.raises(ValueError, match="loss_type"):
+        make_srt(N_ITEMS, loss_type="NCE")
+    with pytest.raises(ValueError, match="train_neg_sample_args"):
+        make_srt(N_ITEMS, train_neg_sample_args={"distribution": "uniform", "sample_num": 1})
+    with pytest.raises(ValueError, match="n_heads"):
+        make_srt(N_ITEMS, hidden_size=10, n_heads=3)
+    with pytest.raises(ValueError, match="projection"):
+        make_srt(N_ITEMS, projection="conv")
