@@ -241,7 +241,10 @@ def load_item_features(config, dataset) -> torch.Tensor:
             raise ItemFeatureError(f"{npy}: shape {matrix.shape} does not match its {len(tokens)} item ids")
         missing_vector = None if policy == "error" else np.zeros(matrix.shape[1], dtype=np.float32)
     else:
-        cache_dir = Path(config["feature_cache_dir"] or config["data_path"])
+        cache_dir = config["feature_cache_dir"] or config["data_path"]
+        if config["feature_cache_dir"] is None and not os.access(cache_dir, os.W_OK):
+            cache_dir = Path.home() / ".cache" / "recbole_srt"  # e.g. ml-100k in a read-only site-packages
+        cache_dir = Path(cache_dir)
         cache_stem = cache_dir / f"{config['dataset']}.srt-{_slug(encoder)}"
         batch = config["text_encoder_batch_size"]
         matrix, empty_vector = cached_text_features(item_texts, encoder, cache_stem, batch, device)
