@@ -70,12 +70,23 @@ class FileStats:
 
 @dataclass
 class Chunk:
-    """Interactions parsed from one block; timestamps already in seconds."""
+    """Interactions parsed from one block: ids dictionary-encoded (done here, in the reading thread),
+    timestamps in seconds."""
 
-    users: pa.Array
-    items: pa.Array
+    users: pa.DictionaryArray
+    items: pa.DictionaryArray
     rating: np.ndarray
     ts: np.ndarray
+
+    @classmethod
+    def of(cls, users: pa.Array, items: pa.Array, rating: np.ndarray, ts: np.ndarray) -> Chunk:
+        """Encode the id columns; rating as float32, ts as float64 seconds."""
+        return cls(
+            pc.dictionary_encode(users),
+            pc.dictionary_encode(items),
+            rating.astype(np.float32),
+            ts.astype(np.float64),
+        )
 
 
 def read_interactions(path: Path, layout: Layout, stats: FileStats) -> Iterator[Chunk]:
@@ -122,11 +133,8 @@ def _slow_block(block: Block, layout: Layout, parse_line: Callable, stats: FileS
         ratings.append(rating)
         stamps.append(ts / layout.time_divisor)
     stats.parsed += len(users)
-    return Chunk(
-        pa.array(users, pa.string()),
-        pa.array(items, pa.string()),
-        np.asarray(ratings, np.float32),
-        np.asarray(stamps, np.float64),
+    return Chunk.of(
+        pa.array(users, pa.string()), pa.array(items, pa.string()), np.asarray(ratings), np.asarray(stamps)
     )
 
 
@@ -178,32 +186,27 @@ def _json_line(line: str, layout: JsonLayout) -> tuple[str, str, float, float]:
 
 
 def _csv_fast(block: Block, layout: CsvLayout) -> Chunk | None:
-    """pyarrow's CSV parser on a block; None if any row needs the careful path."""
-    invalid = []
-
-    def on_invalid(_row: object) -> str:
-        invalid.append(1)
-        return "skip"
-
+    """pyarrow's CSV parser on a block; None (use the careful path) on any row it does not take cleanly:
+    wrong field count, non-numeric rating/time (both raise), empty id, missing or non-finite number."""
     names = ["c0", "c1", "c2", "c3"]
+    types = dict.fromkeys(names, pa.string())
+    types[names[layout.rating_col]] = types[names[layout.time_col]] = pa.float64()
     try:
         table = pacsv.read_csv(
             io.BytesIO(block.data),
             read_options=pacsv.ReadOptions(column_names=names, block_size=4 << 20),
-            parse_options=pacsv.ParseOptions(quote_char=False, invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False
-            ),
+            parse_options=pacsv.ParseOptions(quote_char=False),
+            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
         )
-        rating = pc.cast(table[names[layout.rating_col]], pa.float64()).to_numpy()
-        ts = pc.cast(table[names[layout.time_col]], pa.float64()).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     users = table[names[layout.user_col]].combine_chunks()
     items = table[names[layout.item_col]].combine_chunks()
-    if invalid or not _clean_columns(users, items, rating, ts):
+    rating = table[names[layout.rating_col]].to_numpy()
+    ts = table[names[layout.time_col]].to_numpy()
+    if not _clean_columns(users, items, rating, ts):
         return None
-    return Chunk(users, items, rating.astype(np.float32), ts / layout.time_divisor)
+    return Chunk.of(users, items, rating, ts / layout.time_divisor)
 
 
 def _json_fast(block: Block, layout: JsonLayout) -> Chunk | None:
@@ -230,7 +233,7 @@ def _json_fast(block: Block, layout: JsonLayout) -> Chunk | None:
     ts = table[layout.time_key].to_numpy()
     if not _clean_columns(users, items, rating, ts):
         return None
-    return Chunk(users, items, rating.astype(np.float32), ts / layout.time_divisor)
+    return Chunk.of(users, items, rating, ts / layout.time_divisor)
 
 
 def _clean_columns(users: pa.Array, items: pa.Array, rating: np.ndarray, ts: np.ndarray) -> bool:

@@ -10,7 +10,6 @@ from itertools import repeat
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dataset_prep.readers import Chunk
 from dataset_prep.text import is_valid_token
@@ -27,9 +26,8 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def encode(self, strings: pa.Array, prefix: str = "") -> np.ndarray:
-        """Codes of an arrow string array; each distinct string of the array is looked up once."""
-        encoded = pc.dictionary_encode(strings)
+    def encode(self, encoded: pa.DictionaryArray, prefix: str = "") -> np.ndarray:
+        """Codes of a dictionary-encoded string array; each dictionary entry is looked up once."""
         distinct = encoded.dictionary.to_pylist()
         if prefix:
             distinct = [prefix + s for s in distinct]

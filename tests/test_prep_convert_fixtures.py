@@ -310,3 +310,29 @@ def test_python_m_entry_point_and_list() -> None:
         cwd=REPO,
     )
     assert bad.returncode == 2 and "did you mean 'Books'?" in bad.stderr
+
+
+def test_malformed_csv_lines(tmp_path: Path) -> None:
+    good = (FIXTURES / "2014" / "ratings_Beauty.csv").read_bytes()
+    bad = b"A0000009,B000000001,five,1300000500\nA0000009,B000000001\n\n"
+    bad += b"A0000009,,5.0,1\nA0000009,B000000001,5.0,nan\n"
+    csv = good + bad + b"A0000004,B000000003,4.0,1300000600"  # last line without a newline: still complete
+    src = copy_fixture(
+        tmp_path,
+        "2014",
+        {
+            "ratings_Beauty.csv": csv,
+            "meta_Beauty.json": (FIXTURES / "2014" / "meta_Beauty.json").read_bytes(),
+        },
+    )
+    args = ["--category", "2014:Beauty", "--input", str(src), "--output", str(tmp_path), "--name", "c"]
+    assert run(*args, "--min-user-inter", "1", "--min-item-inter", "1") == 0
+    rep = report(tmp_path, "c")
+    assert rep["dropped"]["malformed_line"] == 4  # the blank line is not a row
+    assert rep["rows"] == {"read": 5 + 4 + 1, "kept": 6}
+    assert [e.split(":")[0] for e in rep["inputs"][0]["examples"]] == [
+        "line 6",
+        "line 7",
+        "line 9",
+        "line 10",
+    ]
