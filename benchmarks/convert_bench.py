@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -92,11 +93,9 @@ def worker(kind: str, folder: Path) -> dict:
 
         extra = {}
     seconds = time.perf_counter() - start
-    return {
-        "seconds": seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        **extra,
-    }
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": usage.ru_maxrss / 1024, **extra}
 
 
 def measure(kind: str, folder: Path) -> dict:
@@ -124,27 +123,31 @@ def main() -> None:
         return
 
     print(
-        f"synthetic 2018 ratings CSV: {args.users:,} users, {args.items:,} items; 1 fresh process per cell\n"
+        f"synthetic 2018 ratings CSV: {args.users:,} users, {args.items:,} items; a fresh process per cell;"
     )
-    print("| rows | what | seconds | rows/s | peak RSS MiB | rows kept |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print(
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; CPU s: user + system, all threads\n"
+    )
+    print("| rows | what | seconds | rows/s | CPU s | peak RSS MiB | rows kept |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="convert_bench_") as tmp:
         floor = measure("imports", Path(tmp))
-        seconds, rss = floor["seconds"], floor["peak_rss_mib"]
-        print(f"| 0 | import the converter only (floor) | {seconds:.2f} | | {rss:.0f} | |")
+        seconds, cpu, rss = floor["seconds"], floor["cpu_seconds"], floor["peak_rss_mib"]
+        print(f"| 0 | import the converter only (floor) | {seconds:.2f} | | {cpu:.1f} | {rss:.0f} | |")
         for rows in args.rows:
             folder = Path(tmp) / f"r{rows}"
             csv_path = generate(folder, rows, args.users, args.items)
             size = csv_path.stat().st_size / 2**20
             for kind, label in (
-                ("convert", "srt-prep convert (end to end)"),
+                ("convert", "srt-prep convert, end to end"),
                 ("pandas", "pandas.read_csv only"),
             ):
                 result = measure(kind, folder)
                 kept = f"{result['kept']:,}" if "kept" in result else ""
                 print(
                     f"| {rows:,} | {label} ({size:.0f} MiB CSV) | {result['seconds']:.2f} | "
-                    f"{rows / result['seconds']:,.0f} | {result['peak_rss_mib']:.0f} | {kept} |",
+                    f"{rows / result['seconds']:,.0f} | {result['cpu_seconds']:.1f} | "
+                    f"{result['peak_rss_mib']:.0f} | {kept} |",
                     flush=True,
                 )
             for path in folder.iterdir():

@@ -47,27 +47,38 @@ def user_time_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
             ticks = ts * per_second
             ticks -= ticks.min()
             whole = np.round(ticks)
-            fits = user_bits + int(whole.max()).bit_length() <= 63
-            if fits and np.abs(ticks - whole).max() <= tolerance:
-                key = (user.astype(np.int64) << int(whole.max()).bit_length()) | whole.astype(np.int64)
+            span = whole.max()
+            if not span < 2.0**62:  # also catches inf
+                continue
+            ticks -= whole  # in place: the rounding error
+            shift = int(span).bit_length()
+            if user_bits + shift <= 63 and np.abs(ticks, out=ticks).max() <= tolerance:
+                del ticks
+                key = user.astype(np.int64)
+                key <<= shift
+                key |= whole.astype(np.int64)
+                del whole
                 return np.argsort(key, kind="stable")
     by_time = np.argsort(ts, kind="stable")
     return by_time[np.argsort(user[by_time], kind="stable")]
 
 
-def duplicates(user: np.ndarray, item: np.ndarray, keep: np.ndarray, by_time: np.ndarray, policy: str) -> int:
+def duplicates(user: np.ndarray, item: np.ndarray, keep: np.ndarray, order: np.ndarray, policy: str) -> int:
     """Keep one row per (user, item): the earliest (``first``) or latest (``last``) by time, ties by
-    input order; ``all`` keeps repeats. ``by_time`` is :func:`time_order`."""
+    input order; ``all`` keeps repeats. ``order`` is :func:`user_time_order`."""
     if policy == "all":
         return 0
-    rows = by_time[keep[by_time]]
-    pair = (user[rows].astype(np.int64) << 32) | item[rows]
-    order = np.argsort(pair, kind="stable")  # groups the pairs, each group in time order
-    pair = pair[order]
+    rows = order[keep[order]].astype(np.int32 if len(keep) < 2**31 else np.int64)
+    pair = user[rows].astype(np.int64)
+    pair <<= 32
+    pair |= item[rows]
+    by_pair = np.argsort(pair, kind="stable")  # groups the pairs, each group in time order
+    pair = pair[by_pair]
     change = pair[1:] != pair[:-1]
+    del pair
     chosen = np.r_[True, change] if policy == "first" else np.r_[change, True]
     bad = np.zeros(len(keep), bool)
-    bad[rows[order[~chosen]]] = True
+    bad[rows[by_pair[~chosen]]] = True
     return drop(keep, bad)
 
 
