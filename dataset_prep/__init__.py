@@ -1,0 +1,8 @@
+"""Amazon review data (2014, 2018, 2023 releases) and UniSRec-format data -> RecBole atomic files.
+
+Command line: ``srt-prep`` / ``python -m dataset_prep`` (:mod:`dataset_prep.cli`). Modules, one job each:
+``registry`` (categories, file names, URLs), ``formats`` (record layouts), ``streams`` (incremental,
+truncation-tolerant line reading), ``readers`` (one parser per format), ``text`` (cleaning), ``table``
+(interned compact interactions), ``filters``, ``atomic`` (atomic writes, dataset YAML), ``report``,
+``convert``, ``download``, ``unisrec``.
+"""

@@ -336,3 +336,42 @@ def test_malformed_csv_lines(tmp_path: Path) -> None:
         "line 9",
         "line 10",
     ]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # RecBole's own pandas fillna warnings
+def test_2023_missing_meta_kept_and_loaded_by_recbole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [
+        "--category",
+        "2023:All_Beauty",
+        "--input",
+        str(FIXTURES),
+        "--output",
+        str(tmp_path),
+        "--name",
+        "k23",
+    ]
+    assert run(*args, "--min-user-inter", "1", "--min-item-inter", "1", "--missing-meta", "keep") == 0
+    rep = report(tmp_path, "k23")
+    assert rep["dropped"]["missing_metadata"] == 0 and rep["items"]["kept_without_metadata"] == 1
+    assert item_rows(tmp_path, "k23")["P0000005"] == ["", "", "", ""]
+
+    from recbole.config import Config
+    from recbole.data import create_dataset
+
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # RecBole's Config parses --key=value from sys.argv
+    config = Config(
+        model="SASRec",
+        dataset="k23",
+        config_file_list=[str(tmp_path / "k23" / "k23.yaml")],
+        config_dict={"train_neg_sample_args": None, "loss_type": "CE", "show_progress": False},
+    )
+    dataset = create_dataset(config)
+    assert dataset.inter_num == rep["rows"]["kept"] == 9
+    assert dataset.item_num - 1 == 5  # no interaction lost to a missing .item row
+    ids = dataset.field2id_token["item_id"]
+    title = dataset.field2id_token["title"]
+    row = list(ids).index("P0000001")
+    words = [title[t] for t in dataset.item_feat["title"][row].tolist() if t]
+    assert words == ["Gentle", "Shampoo", "&", "Conditioner"]
