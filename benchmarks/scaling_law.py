@@ -36,8 +36,16 @@ HUBER_DELTA = 1e-3
 E_FRACTIONS = (0.1, 0.5, 0.9)
 EXPONENTS = (0.1, 0.3, 0.7, 1.5)
 TERM_FRACTIONS = (0.3,)
-# Coarse grid added to the full-data optimum when refitting bootstrap resamples (2 or 4 extra starts).
-BOOTSTRAP_GRID = {"e_fractions": (0.5,), "exponents": (0.3, 1.0), "term_fractions": (0.3,)}
+# Bootstrap refits start from the full-data optimum plus these 2 grid points (E is the least
+# identified parameter), enough for the N_AGREE = 3 agreement check at a fraction of the full grid's cost.
+BOOTSTRAP_GRID = {"e_fractions": (0.2, 0.8), "exponents": (0.5,), "term_fractions": (0.3,)}
+# Bounds on the centred internal parameters: E, and each term at the centre of the data, at least
+# exp(-LOG_FLOOR) * min(y), i.e. effectively zero; exponents in [0, MAX_EXPONENT]. A parameter that
+# ends on a bound is reported as not identified, instead of L-BFGS drifting towards -inf for hundreds
+# of iterations (which is what an unbounded fit does when the data do not pin, e.g., E down).
+LOG_FLOOR = 12.0
+MAX_EXPONENT = 5.0
+BOUND_TOL = 1e-6
 # Convergence criteria (on the centred internal parameters and the scaled objective).
 GRAD_TOL = 1e-4
 N_AGREE = 3
@@ -135,13 +143,14 @@ class HoldoutResult:
 
 def _log_prediction(theta: np.ndarray, logx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """log L for each row of ``logx`` (n, k) and the softmax weight of each LSE term (n, k+1)."""
-    e, a, alpha = theta[0], theta[1::2], theta[2::2]
-    terms = np.column_stack([np.full(len(logx), e), a - logx * alpha])
+    terms = np.empty((len(logx), logx.shape[1] + 1))
+    terms[:, 0] = theta[0]
+    terms[:, 1:] = theta[1::2] - logx * theta[2::2]
     # Plain numpy log-sum-exp: scipy.special's array-API dispatch costs more than the maths here.
-    top = terms.max(axis=1, keepdims=True)
-    expd = np.exp(terms - top)
-    total = expd.sum(axis=1, keepdims=True)
-    return (top + np.log(total))[:, 0], expd / total
+    top = terms.max(axis=1)
+    expd = np.exp(terms - top[:, None])
+    total = expd.sum(axis=1)
+    return top + np.log(total), expd / total[:, None]
 
 
 def _objective(theta: np.ndarray, logx: np.ndarray, logy: np.ndarray, delta: float):
@@ -149,12 +158,14 @@ def _objective(theta: np.ndarray, logx: np.ndarray, logy: np.ndarray, delta: flo
     pred, weights = _log_prediction(theta, logx)
     r = pred - logy
     abs_r = np.abs(r)
-    loss = np.where(abs_r <= delta, 0.5 * r**2 / delta, abs_r - 0.5 * delta).mean()
-    dr = np.clip(r, -delta, delta) / (delta * len(r))
+    q = np.minimum(abs_r, delta)  # huber_delta(r) = q (|r| - q/2), huber_delta'(r) = sign(r) q
+    scale = delta * len(r)
+    loss = q @ (abs_r - 0.5 * q) / scale
+    dw = weights * (np.copysign(q, r) / scale)[:, None]
     grad = np.empty_like(theta)
-    grad[0] = dr @ weights[:, 0]
-    grad[1::2] = dr @ weights[:, 1:]
-    grad[2::2] = -(dr[:, None] * weights[:, 1:] * logx).sum(axis=0)
+    grad[0] = dw[:, 0].sum()
+    grad[1::2] = dw[:, 1:].sum(axis=0)
+    grad[2::2] = -(dw[:, 1:] * logx).sum(axis=0)
     return loss, grad
 
 
@@ -206,15 +217,18 @@ def _fit_lse(
         starts = start_grid(logx, logy)
     centre = logx.mean(axis=0)
     logx_c = logx - centre
+    lower = np.r_[logy.min() - LOG_FLOOR, np.tile([logy.min() - LOG_FLOOR, 0.0], len(centre))]
+    upper = np.r_[np.inf, np.tile([np.inf, MAX_EXPONENT], len(centre))]
     runs = []
     with _BLAS.limit(limits=1, user_api="blas"):
         for start in np.atleast_2d(starts):
             res = minimize(
                 _objective,
-                _to_centred(np.asarray(start, dtype=float), centre),
+                np.clip(_to_centred(np.asarray(start, dtype=float), centre), lower, upper),
                 args=(logx_c, logy, delta),
                 jac=True,
                 method="L-BFGS-B",
+                bounds=list(zip(lower, upper, strict=True)),
                 options={"maxiter": maxiter, "ftol": 1e-14, "gtol": 1e-10},
             )
             if np.isfinite(res.fun):
@@ -223,8 +237,13 @@ def _fit_lse(
         raise RuntimeError(f"{law}: every start produced a non-finite objective")
     runs.sort(key=lambda r: r.fun)
     best = runs[0]
-    grad_norm = float(np.max(np.abs(best.jac)))
-    converged, message = _convergence_verdict(runs, grad_norm)
+    at_lower, at_upper = best.x <= lower + BOUND_TOL, best.x >= upper - BOUND_TOL
+    # projected gradient: a component pushing against an active bound is not a failure to converge
+    grad = np.where((at_lower & (best.jac > 0)) | (at_upper & (best.jac < 0)), 0.0, best.jac)
+    grad_norm = float(np.max(np.abs(grad)))
+    on_bound = [f"{name} at its {'lower' if lo else 'upper'} bound" for name, lo, hi in
+                zip(names, at_lower, at_upper, strict=True) if lo or hi]  # fmt: skip
+    converged, message = _convergence_verdict(runs, grad_norm, on_bound)
     theta = _from_centred(best.x, centre)
     values = np.exp(theta)
     values[2::2] = theta[2::2]  # exponents are not exponentiated
@@ -241,10 +260,11 @@ def _fit_lse(
     )
 
 
-def _convergence_verdict(runs: list, grad_norm: float) -> tuple[bool, str]:
-    """Converged = the best run succeeded, its gradient is ~0 and the best few runs agree."""
+def _convergence_verdict(runs: list, grad_norm: float, on_bound: list[str]) -> tuple[bool, str]:
+    """Converged = the best run succeeded, its (projected) gradient is ~0, no parameter sits on a
+    bound, and the best few runs agree."""
     best = runs[0]
-    problems = []
+    problems = [f"{b} (not identified by these data)" for b in on_bound]
     # L-BFGS-B status 2 is a line-search stop; on Huber's kinks it happens at the optimum, so it
     # counts as success when the gradient there is ~0 (checked next).
     if not (best.success or (best.status == 2 and grad_norm <= GRAD_TOL)):
@@ -310,21 +330,27 @@ def fit_chinchilla(
     """Fit ``y = E + A / N**alpha + B / D**beta`` (Chinchilla approach 3).
 
     ``starts``: optional (m, 5) array of natural log-space starts (e, a, alpha, b, beta).
-    Raises ValueError with fewer than 5 points or fewer than 2 distinct N or D values.
+    Raises ValueError with fewer than 5 points or fewer than 3 distinct N or D values.
     """
     n_arr, d_arr, y_arr = _positive("N", N), _positive("D", D), _positive("y", y)
     if not len(n_arr) == len(d_arr) == len(y_arr):
         raise ValueError("N, D and y differ in length")
     if len(y_arr) < 5:
         raise ValueError(f"Chinchilla fit needs >= 5 points, got {len(y_arr)}")
-    if len(np.unique(n_arr)) < 2 or len(np.unique(d_arr)) < 2:
-        raise ValueError("Chinchilla fit needs >= 2 distinct N and >= 2 distinct D")
+    if len(np.unique(n_arr)) < 3 or len(np.unique(d_arr)) < 3:
+        # with two values of N (or D) its term is one step, which cannot fix both A and alpha
+        raise ValueError(
+            f"Chinchilla fit needs >= 3 distinct N and >= 3 distinct D, "
+            f"got {len(np.unique(n_arr))} and {len(np.unique(d_arr))}"
+        )
     logx = np.log(np.column_stack([n_arr, d_arr]))
     return _fit_lse("chinchilla", CHINCHILLA_PARAMS, logx, np.log(y_arr), starts, delta, maxiter)
 
 
-def _fit_columns(columns: Sequence[np.ndarray], y: np.ndarray, starts: np.ndarray | None = None) -> FitResult:
-    """``[x]`` fits a power law, ``[N, D]`` fits Chinchilla."""
+def fit_law(
+    columns: Sequence[Sequence[float]], y: Sequence[float], starts: np.ndarray | None = None
+) -> FitResult:
+    """``[x]`` fits a power law (``fit_power_law``), ``[N, D]`` fits Chinchilla (``fit_chinchilla``)."""
     if len(columns) == 2:
         return fit_chinchilla(*columns, y, starts=starts)
     return fit_power_law(*columns, y, starts=starts)
@@ -367,7 +393,7 @@ def bootstrap(
         logx = np.log(np.column_stack([c[idx] for c in cols]))
         starts = np.vstack([fit.theta, start_grid(logx, np.log(y_arr[idx]), **BOOTSTRAP_GRID)])
         try:
-            refit = _fit_columns([c[idx] for c in cols], y_arr[idx], starts)
+            refit = fit_law([c[idx] for c in cols], y_arr[idx], starts)
         except ValueError:
             n_failed += 1
             continue
@@ -400,7 +426,7 @@ def holdout_validation(
         raise ValueError(f"holdout must be in [1, {len(sizes) - 1}] for {len(sizes)} distinct sizes")
     cut = sizes[-holdout]
     train, test = cols[0] < cut, cols[0] >= cut
-    fit = _fit_columns([c[train] for c in cols], y_arr[train])
+    fit = fit_law([c[train] for c in cols], y_arr[train])
     predicted = predict(fit, *[c[test] for c in cols])
     observed = y_arr[test]
     return HoldoutResult(
@@ -447,13 +473,15 @@ def compute_optimal_frontier(fit: FitResult, budgets: Sequence[float], k: float)
     return Frontier(c, n_opt, d_opt, predict(fit, n_opt, d_opt))
 
 
-def empirical_frontier(compute: Sequence[float], loss: Sequence[float], n: Sequence[float]) -> Frontier:
+def empirical_frontier(
+    compute: Sequence[float], loss: Sequence[float], n: Sequence[float], d: Sequence[float]
+) -> Frontier:
     """Lower envelope of measured (C, loss) points: the points that beat every cheaper point.
 
-    Reading it left to right tells which model size is best at each budget. ``d_opt`` is NaN (the
-    envelope does not assume C = k N D).
+    Reading it left to right tells which model size (``n_opt``, with its tokens ``d_opt``) is best at
+    each budget.
     """
-    c, l_arr, n_arr = (np.asarray(v, dtype=float) for v in (compute, loss, n))
+    c, l_arr, n_arr, d_arr = (np.asarray(v, dtype=float) for v in (compute, loss, n, d))
     order = np.lexsort((l_arr, c))
     keep, best = [], np.inf
     for i in order:
@@ -461,4 +489,4 @@ def empirical_frontier(compute: Sequence[float], loss: Sequence[float], n: Seque
             keep.append(i)
             best = l_arr[i]
     keep = np.array(keep, dtype=int)
-    return Frontier(c[keep], n_arr[keep], np.full(len(keep), np.nan), l_arr[keep])
+    return Frontier(c[keep], n_arr[keep], d_arr[keep], l_arr[keep])
