@@ -117,6 +117,27 @@ def test_user_time_order_matches_a_plain_stable_sort(ts: list[float]) -> None:
     assert filters.user_time_order(user, np.array(ts)).tolist() == expected
 
 
+def test_dedup_matches_a_plain_python_rule() -> None:
+    rng = np.random.default_rng(1)
+    n = 3000
+    user = rng.integers(0, 30, n).astype(np.int32)
+    item = rng.integers(0, 20, n).astype(np.int32)
+    ts = rng.integers(0, 15, n).astype(np.float64)
+    keep = rng.random(n) < 0.9
+    order = filters.user_time_order(user, ts)
+    for policy in ("first", "last"):
+        best: dict[tuple[int, int], int] = {}
+        for i in np.flatnonzero(keep).tolist():  # input order
+            key = (int(user[i]), int(item[i]))
+            j = best.get(key)
+            if j is None or (ts[i] < ts[j] if policy == "first" else ts[i] >= ts[j]):
+                best[key] = i
+        mask = keep.copy()
+        dropped = filters.duplicates(user, item, mask, order, policy)
+        assert sorted(np.flatnonzero(mask).tolist()) == sorted(best.values())
+        assert dropped == keep.sum() - len(best)
+
+
 def test_filters_dedup_and_k_core() -> None:
     user = np.array([0, 0, 0, 1, 1, 2], np.int32)
     item = np.array([0, 0, 1, 0, 1, 2], np.int32)
