@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 GZIP_MAGIC = b"\x1f\x8b"
 READ_SIZE = 1 << 20
-DEFAULT_BLOCK = 32 << 20
+DEFAULT_BLOCK = 64 << 20
 
 
 @dataclass
