@@ -17,6 +17,9 @@ from recbole_srt.registration import plugin_yaml
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# The tensors in these tests are tiny: extra threads only add synchronisation (and oversubscribe a busy CPU).
+torch.set_num_threads(1)
+
 _COLOURS = ["red", "blue", "green", "black", "white", "silver"]
 _THINGS = ["guitar strings", "microscope slide", "lab goggles", "pipette tips", "drum sticks", "beaker set"]
 
