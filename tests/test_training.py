@@ -75,3 +75,16 @@ def test_cli_accepts_recbole_arguments_and_leaves_overrides_to_config():
     args = parse_args(["--model=SASRec", "--dataset", "x", "--config_files=a.yaml b.yaml", "--epochs=3"])
     assert (args.model, args.dataset, args.config_files, args.nproc) == ("SASRec", "x", "a.yaml b.yaml", 1)
     assert parse_args([]).model == "SRT" and parse_args([]).dataset == "ml-100k"
+
+
+@pytest.mark.slow
+def test_recbole_objective_function_trains_srt_by_name(tmp_path):
+    from conftest import tiny_config
+    from recbole.quick_start import objective_function
+
+    write_tiny_dataset(tmp_path)
+    result = objective_function(
+        config_dict={"model": "SRT", "dataset": "tiny", **tiny_config(tmp_path)}, saved=False
+    )
+    assert set(result["test_result"]) >= {"ndcg@10", "recall@10"}
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1
