@@ -256,6 +256,11 @@ def summary_markdown(analyses: dict[str, dict], meta: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
             if not fit.converged:
                 notes.append(f"- {model} {law}: not converged: {fit.message}")
+            if fit.n_points <= len(fit.params):
+                notes.append(
+                    f"- {model} {law}: {fit.n_points} points for {len(fit.params)} parameters: the law "
+                    "interpolates them, so its intervals and holdout say nothing"
+                )
             if boot is not None and (boot.n_failed or boot.n_not_converged):
                 notes.append(
                     f"- {model} {law}: bootstrap {boot.n_resamples} resamples, {boot.n_failed} unfittable, "
@@ -319,7 +324,9 @@ def _finish(fig, ax_list, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
+    # fixed margins (in inches): tight_layout would draw every figure twice, doubling plotting time
+    width = fig.get_figwidth()
+    fig.subplots_adjust(left=0.9 / width, right=1 - 0.15 / width, bottom=0.12, top=0.92, wspace=0.35)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -329,7 +336,7 @@ def plot_loss_vs_params(analyses: dict[str, dict], loss_col: str, path: Path) ->
     for i, (model, a) in enumerate(analyses.items()):
         color = f"C{i}"
         best = a["full"]
-        ax.scatter(best[N_COL], best[loss_col], color=color, s=18, label=f"{model} (best epoch per trial)")
+        ax.scatter(best[N_COL], best[loss_col], color=color, s=18, label=f"{model} (best epoch, full data)")
         if "L(N)" in a["fits"]:
             fit = a["fits"]["L(N)"]["fit"]
             ax.plot(

@@ -74,7 +74,7 @@ def test_power_law_recovers_known_parameters_and_ci_covers_them(power_data):
     fit = fit_power_law(n, y)
     assert fit.converged, fit.message
     assert_close_to_truth(fit.params, POWER_TRUTH, POWER_TOL)
-    boot = bootstrap(fit, [n], y, n_resamples=200, seed=0)
+    boot = bootstrap(fit, [n], y, n_resamples=100, seed=0)
     assert boot.n_failed == 0
     assert_ci_covers(boot, POWER_TRUTH)
     for name, (lo, hi) in boot.ci.items():

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_tiny_dataset
-from recbole.quick_start import load_data_and_model
+from conftest import tiny_config, write_tiny_dataset
+from recbole.quick_start import load_data_and_model, objective_function
 
 from recbole_srt import SRT
 from recbole_srt.cli import parse_args
@@ -79,9 +79,6 @@ def test_cli_accepts_recbole_arguments_and_leaves_overrides_to_config():
 
 @pytest.mark.slow
 def test_recbole_objective_function_trains_srt_by_name(tmp_path):
-    from conftest import tiny_config
-    from recbole.quick_start import objective_function
-
     write_tiny_dataset(tmp_path)
     result = objective_function(
         config_dict={"model": "SRT", "dataset": "tiny", **tiny_config(tmp_path)}, saved=False
