@@ -16,7 +16,6 @@ Pipeline, for a RecBole dataset ``<data_path>/<dataset>.item``:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -203,15 +202,38 @@ def _slug(encoder: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.rstrip("/").split("/")[-1])
 
 
-def _read_id_index(npy: Path, item_texts: ItemTexts | None) -> list[str]:
-    """Tokens of a user-supplied matrix: ``<stem>.ids`` (one per line) or the ``.item`` row order."""
+def _supplied_features(npy: Path, item_tokens) -> tuple[list[str], np.ndarray]:
+    """A user's precomputed matrix and its row tokens: ``<stem>.ids`` (one per line) or ``.item`` order."""
+    matrix = np.load(npy).astype(np.float32)
     ids_file = npy.with_suffix(".ids")
     if ids_file.is_file():
-        with open(ids_file, encoding="utf-8", newline="") as f:
-            return [row[0] for row in csv.reader(f, delimiter="\t")]
-    if item_texts is None:
-        raise ItemFeatureError(f"{npy}: no id index {ids_file} and no .item file to take the row order from")
-    return item_texts.tokens
+        with open(ids_file, encoding="utf-8") as f:
+            tokens = f.read().splitlines()
+    else:
+        tokens = item_tokens()
+    if matrix.ndim != 2 or matrix.shape[0] != len(tokens):
+        raise ItemFeatureError(f"{npy}: shape {matrix.shape} does not match its {len(tokens)} item ids")
+    return tokens, matrix
+
+
+def _encoded_text_features(config, item_texts: ItemTexts) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded ``item_texts`` (cached) and the empty string's vector; checks the missing-text policy."""
+    cache_dir = config["feature_cache_dir"] or config["data_path"]
+    if config["feature_cache_dir"] is None and not os.access(cache_dir, os.W_OK):
+        cache_dir = Path.home() / ".cache" / "recbole_srt"  # e.g. ml-100k in a read-only site-packages
+    cache_stem = Path(cache_dir) / f"{config['dataset']}.srt-{_slug(config['text_encoder'])}"
+    device = str(config["device"]) if config["device"] is not None else "cpu"
+    matrix, empty_vector = cached_text_features(
+        item_texts, config["text_encoder"], cache_stem, config["text_encoder_batch_size"], device
+    )
+    empty = [token for token, text in zip(item_texts.tokens, item_texts.texts, strict=True) if not text]
+    if empty and config["missing_text"] == "error":
+        raise ItemFeatureError(
+            f"{len(empty)} items have empty text (e.g. {empty[:5]}) and missing_text=error"
+        )
+    if empty:
+        logger.warning("%d items have empty text; encoded as the empty string", len(empty))
+    return matrix, empty_vector
 
 
 def load_item_features(config, dataset) -> torch.Tensor:
@@ -221,53 +243,34 @@ def load_item_features(config, dataset) -> torch.Tensor:
     policy = config["missing_text"]
     if policy not in ("empty", "error"):
         raise ItemFeatureError(f"missing_text must be 'empty' or 'error', got {policy!r}")
-    encoder = config["text_encoder"]
-    device = str(config["device"]) if config["device"] is not None else "cpu"
-    supplied = config["item_feature_file"]
 
-    item_texts = None
-    if supplied is None or item_file.is_file():
-        item_texts = read_item_texts(
+    def item_texts() -> ItemTexts:
+        texts = read_item_texts(
             item_file, item_id, config["text_fields"], config["field_separator"], config["encoding"]
         )
-        if item_texts.duplicate_rows:
-            logger.warning("%s: %d repeated item ids, first row kept", item_file, item_texts.duplicate_rows)
+        if texts.duplicate_rows:
+            logger.warning("%s: %d repeated item ids, first row kept", item_file, texts.duplicate_rows)
+        return texts
 
-    if supplied is not None:
-        npy = Path(supplied)
-        matrix = np.load(npy).astype(np.float32)
-        tokens = _read_id_index(npy, item_texts)
-        if matrix.ndim != 2 or matrix.shape[0] != len(tokens):
-            raise ItemFeatureError(f"{npy}: shape {matrix.shape} does not match its {len(tokens)} item ids")
-        missing_vector = None if policy == "error" else np.zeros(matrix.shape[1], dtype=np.float32)
+    if config["item_feature_file"] is not None:
+        tokens, matrix = _supplied_features(Path(config["item_feature_file"]), lambda: item_texts().tokens)
+        missing_vector, missing_as = np.zeros(matrix.shape[1], dtype=np.float32), "zeros"
     else:
-        cache_dir = config["feature_cache_dir"] or config["data_path"]
-        if config["feature_cache_dir"] is None and not os.access(cache_dir, os.W_OK):
-            cache_dir = Path.home() / ".cache" / "recbole_srt"  # e.g. ml-100k in a read-only site-packages
-        cache_dir = Path(cache_dir)
-        cache_stem = cache_dir / f"{config['dataset']}.srt-{_slug(encoder)}"
-        batch = config["text_encoder_batch_size"]
-        matrix, empty_vector = cached_text_features(item_texts, encoder, cache_stem, batch, device)
-        tokens = item_texts.tokens
-        empty = [token for token, text in zip(tokens, item_texts.texts, strict=True) if not text]
-        if empty and policy == "error":
-            raise ItemFeatureError(
-                f"{len(empty)} items have empty text (e.g. {empty[:5]}) and missing_text=error"
-            )
-        if empty:
-            logger.warning(
-                "%d items have empty text in %s; encoded as the empty string", len(empty), item_file
-            )
-        missing_vector = None if policy == "error" else empty_vector
+        texts = item_texts()
+        tokens = texts.tokens
+        matrix, missing_vector = _encoded_text_features(config, texts)
+        missing_as = "the empty string's embedding"
 
-    aligned, absent = align_to_internal_ids(dataset.field2id_token[item_id], tokens, matrix, missing_vector)
+    aligned, absent = align_to_internal_ids(
+        dataset.field2id_token[item_id], tokens, matrix, None if policy == "error" else missing_vector
+    )
     if absent:
         logger.warning(
             "%d of %d items have no text row (e.g. %s); using %s (missing_text=%s)",
             len(absent),
             len(aligned) - 1,
             absent[:5],
-            "zeros" if supplied is not None else "the empty string's embedding",
+            missing_as,
             policy,
         )
     if config["standardize_item_features"]:
