@@ -16,20 +16,23 @@ from collections.abc import Iterable
 _TAG = re.compile(r"<[A-Za-z/!][^<>]*(?:>|$)")
 # Every whitespace (tabs, CR, LF, U+2028, ...) and every control character.
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
-# Anything clean_text would change: entity, tag, quote, control, whitespace other than single inner spaces.
-_NEEDS_CLEANING = re.compile(r'[&<"\x00-\x1f\x7f-\x9f]|[^\S ]|  |^ | $')
+# A character clean_text would change: entity/tag start, quote, control, or whitespace other than " "
+# (Python's str.isspace set, spelled out so that one character class does the test).
+_DIRTY_CHAR = re.compile('[&<"\x00-\x1f\x7f-\x9f\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]')
 _BAD_TOKEN = re.compile(r'[\s"\x00-\x1f\x7f-\x9f]')
 CATEGORY_SEPARATOR = ", "
 
 
 def clean_text(value: object, max_len: int | None = None) -> str:
     """One line of readable text from a metadata value (string or list of strings), "" if none."""
-    if isinstance(value, list | tuple):
-        value = " ".join(clean_text(v) for v in value if isinstance(v, str | list | tuple))
+    if isinstance(value, list | tuple):  # joined raw, cleaned once (empty parts collapse with the spaces)
+        value = " ".join(
+            v if isinstance(v, str) else clean_text(v) for v in value if isinstance(v, str | list | tuple)
+        )
     elif not isinstance(value, str):
         return ""
     text = value
-    if _NEEDS_CLEANING.search(text):
+    if _DIRTY_CHAR.search(text) or "  " in text or text.startswith(" ") or text.endswith(" "):
         text = html.unescape(text) if "&" in text else text
         if "<" in text:
             text = _TAG.sub(" ", text)

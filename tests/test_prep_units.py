@@ -78,6 +78,8 @@ def test_clean_text() -> None:
     assert join_categories([["Beauty", "Skin"], ["Beauty", "Lips"], "Tools &amp; Kits"]) == (
         "Beauty, Skin, Lips, Tools & Kits"
     )
+    every_space = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
+    assert clean_text(f"a{every_space}b") == "a b"
     assert is_valid_token("B000123") and not is_valid_token("a b") and not is_valid_token('"x')
 
 
