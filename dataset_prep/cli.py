@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dataset_prep import registry
 from dataset_prep.errors import PrepError
+from dataset_prep.filters import DEDUP_POLICIES, MISSING_POLICIES
 
 EXIT_BAD_INPUT = 2
 
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--min-rating", type=float, help="keep ratings >= this")
     convert.add_argument(
         "--dedup",
-        choices=["first", "last", "all"],
+        choices=DEDUP_POLICIES,
         default="first",
         help="repeated (user, item): keep the earliest, the latest, or all (default first)",
     )
@@ -75,13 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--end", type=_timestamp, help="keep interactions before (ISO date or unix s)")
     convert.add_argument(
         "--missing-meta",
-        choices=["drop", "keep"],
+        choices=MISSING_POLICIES,
         default="drop",
         help="interactions with items that have no metadata record (default drop)",
     )
     convert.add_argument(
         "--missing-text",
-        choices=["drop", "keep"],
+        choices=MISSING_POLICIES,
         default="keep",
         help="interactions with items whose metadata has no text (default keep)",
     )

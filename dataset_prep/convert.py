@@ -38,7 +38,6 @@ ITEM_HEADER = [
     "description:token_seq",
 ]
 WRITE_BATCH = 1 << 20
-MISSING_POLICIES = ("drop", "keep")
 
 
 @dataclass

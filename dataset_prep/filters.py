@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 DEDUP_POLICIES = ("first", "last", "all")
+MISSING_POLICIES = ("drop", "keep")  # for items without metadata / without text
 
 
 def drop(keep: np.ndarray, bad: np.ndarray) -> int:

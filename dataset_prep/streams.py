@@ -35,10 +35,6 @@ class Block:
     data: bytes
     first_line: int
 
-    def line_number(self, offset: int) -> int:
-        """File line number of the byte at ``offset`` in this block."""
-        return self.first_line + self.data.count(b"\n", 0, offset)
-
 
 def is_gzip(path: Path) -> bool:
     """True when the file starts with the gzip magic bytes (the name does not matter)."""
