@@ -82,7 +82,10 @@ def load_results(path: Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")
+    numeric = [c for c in REQUIRED_COLUMNS if c not in ("trial_id", "model", "status", "is_best_epoch")]
+    df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")  # pd.NA / blanks -> NaN
     df["is_best_epoch"] = df["is_best_epoch"].astype(str).str.lower().isin(("true", "1"))
+    df["trial_id"] = df["trial_id"].astype(str)
     return df
 
 
@@ -135,7 +138,7 @@ def analyse_model(df: pd.DataFrame, loss_col: str, args: argparse.Namespace) -> 
     full = best[best["data_fraction"] == best["data_fraction"].max()]
     quality = quality_rows(df)
     quality = quality[quality["data_fraction"] == quality["data_fraction"].max()]
-    points = df[np.isfinite(df[loss_col]) & (df[loss_col] > 0) & (df[C_COL] > 0)]
+    points = df[(df[loss_col] > 0) & (df[C_COL] > 0) & (df[N_COL] > 0) & (df[D_COL] > 0)]
     envelope = empirical_frontier(points[C_COL], points[loss_col], points[N_COL], points[D_COL])
     n_best, d_best, y_best = (best[c].to_numpy(float) for c in (N_COL, D_COL, loss_col))
     inputs = {
@@ -290,7 +293,8 @@ def summary_markdown(analyses: dict[str, dict], meta: dict) -> str:
             points = ", ".join(
                 f"C={_fmt(fr.compute[i])}: N={_fmt(fr.n_opt[i])}, L={_fmt(fr.loss[i])}" for i in idx
             )
-            out.append(f"- {model}, from L(N,D) with C = {_fmt(a['k'])}·N·D: {points}")
+            caveat = "" if a["fits"]["L(N,D)"]["fit"].converged else " (L(N,D) fit NOT converged)"
+            out.append(f"- {model}, from L(N,D) with C = {_fmt(a['k'])}·N·D{caveat}: {points}")
         else:
             out.append(f"- {model}, from L(N,D): skipped ({a.get('frontier_skipped')})")
     return "\n".join(out) + "\n"
@@ -319,8 +323,12 @@ def _curve(fit: FitResult, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _finish(fig, ax_list, path: Path) -> None:
     for ax in ax_list:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        corners = ax.dataLim.get_points()
+        if np.all(np.isfinite(corners)) and np.all(corners[0] > 0):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        else:  # nothing positive to put on log axes (e.g. every fit skipped, no metric logged)
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -443,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    error_trials = sorted(df.loc[df["status"] == "ERROR", "trial_id"].astype(str).unique())
-    df = df[~df["trial_id"].astype(str).isin(error_trials)]
+    error_trials = sorted(df.loc[df["status"] == "ERROR", "trial_id"].unique())
+    df = df[~df["trial_id"].isin(error_trials)]
 
     models = [m for m in MODEL_ORDER if m in set(df["model"])]
     models += sorted(set(df["model"]) - set(models))

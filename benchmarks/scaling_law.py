@@ -18,6 +18,11 @@ Implementation choices (the numbers are what a reader of the fits needs to know)
 * Starts are data-adaptive rather than Chinchilla's fixed grid (which assumes N ~ 1e8):
   ``E`` at a fraction of the smallest loss, every exponent from a grid, and each ``A_j`` so that its
   term is a fraction of the median loss at the (geometric) centre of the data.
+* L-BFGS-B runs with loose bounds (E and each term >= ~1e-5 of the smallest loss, exponents in
+  [0, 5]); a fit that ends on one is reported as not converged (that parameter is not identified).
+* Converged means: the best run stopped at a (projected) gradient ~0, on no bound, and the best
+  ``N_AGREE`` runs agree in objective and parameters. Bootstrap refits start from the full-data
+  optimum plus two grid points, so that the same check applies to each of them.
 """
 
 from __future__ import annotations
@@ -241,8 +246,11 @@ def _fit_lse(
     # projected gradient: a component pushing against an active bound is not a failure to converge
     grad = np.where((at_lower & (best.jac > 0)) | (at_upper & (best.jac < 0)), 0.0, best.jac)
     grad_norm = float(np.max(np.abs(grad)))
-    on_bound = [f"{name} at its {'lower' if lo else 'upper'} bound" for name, lo, hi in
-                zip(names, at_lower, at_upper, strict=True) if lo or hi]  # fmt: skip
+    on_bound = [
+        f"{name} at its {'lower' if lo else 'upper'} bound"
+        for name, lo, hi in zip(names, at_lower, at_upper, strict=True)
+        if lo or hi
+    ]
     converged, message = _convergence_verdict(runs, grad_norm, on_bound)
     theta = _from_centred(best.x, centre)
     values = np.exp(theta)
