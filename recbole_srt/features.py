@@ -273,7 +273,4 @@ def load_item_features(config, dataset) -> torch.Tensor:
             missing_as,
             policy,
         )
-    if config["standardize_item_features"]:
-        real = aligned[1:]
-        aligned[1:] = (real - real.mean(0)) / (real.std(0) + 1e-6)
     return torch.from_numpy(aligned)

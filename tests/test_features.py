@@ -39,7 +39,6 @@ def counting_encoder(monkeypatch):
 
 
 def recbole_dataset(data_root: Path, name: str = "tiny", **overrides):
-    overrides = {"standardize_item_features": False, **overrides}
     config = Config(model="SRT", dataset=name, config_dict=tiny_config(data_root, **overrides))
     return config, create_dataset(config)
 
@@ -139,14 +138,6 @@ def test_missing_item_file_is_a_clear_error(tmp_path):
     config, dataset = recbole_dataset(tmp_path)
     with pytest.raises(ItemFeatureError, match="needs item text"):
         load_item_features(config, dataset)
-
-
-def test_standardized_features_have_zero_mean_unit_scale(tmp_path, counting_encoder):
-    write_tiny_dataset(tmp_path)
-    config, dataset = recbole_dataset(tmp_path, standardize_item_features=True)
-    real = load_item_features(config, dataset).numpy()[1:]
-    np.testing.assert_allclose(real.mean(0), 0, atol=1e-5)
-    np.testing.assert_allclose(real.std(0), 1, atol=1e-3)
 
 
 def test_bundled_default_encoder_loads_offline_and_separates_texts():

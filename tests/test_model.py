@@ -150,3 +150,16 @@ def test_bad_configuration_is_a_clear_error():
         make_srt(N_ITEMS, hidden_size=10, n_heads=3)
     with pytest.raises(ValueError, match="projection"):
         make_srt(N_ITEMS, projection="conv")
+
+
+def test_tower_standardizes_with_training_statistics_that_travel_with_the_weights():
+    model = make_srt(N_ITEMS, standardize_item_features=True)
+    real = model.item_features[1:]
+    standardized = (real - model.item_tower.feature_mean) / model.item_tower.feature_std
+    torch.testing.assert_close(standardized.mean(0), torch.zeros(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(standardized.std(0, correction=0), torch.ones(8), atol=1e-4, rtol=0)
+    assert {"item_tower.feature_mean", "item_tower.feature_std"} <= set(model.state_dict())
+
+    other_catalog = make_srt(N_ITEMS + 7, seed=1, standardize_item_features=True)
+    other_catalog.load_state_dict(model.state_dict())  # no per-item tensor: any catalog accepts it
+    torch.testing.assert_close(other_catalog.item_tower.feature_mean, model.item_tower.feature_mean)

@@ -31,10 +31,16 @@ LOSS_TYPES = ("CE", "SSM", "BPR")
 
 
 class ItemTower(nn.Module):
-    """Frozen item features ``[*, F]`` -> trainable projection -> ``[*, d]``."""
+    """Frozen item features ``[*, F]`` -> standardise -> trainable projection -> ``[*, d]``.
+
+    ``feature_mean``/``feature_std`` (``[F]``) are fixed at construction (from the training catalog,
+    or 0/1) and saved with the weights, so a new catalog is projected exactly as training saw it.
+    """
 
     def __init__(self, feature_size: int, hidden_size: int, projection: str, inner_size: int, dropout: float):
         super().__init__()
+        self.register_buffer("feature_mean", torch.zeros(feature_size))
+        self.register_buffer("feature_std", torch.ones(feature_size))
         if projection == "linear":
             self.net = nn.Linear(feature_size, hidden_size)
         elif projection == "mlp":
@@ -48,8 +54,13 @@ class ItemTower(nn.Module):
         else:
             raise ValueError(f"projection must be 'linear' or 'mlp', got {projection!r}")
 
+    def standardize_over(self, features: torch.Tensor) -> None:
+        """Centre and scale each feature dimension by its statistics over ``features`` ``[n, F]``."""
+        self.feature_mean.copy_(features.mean(0))
+        self.feature_std.copy_(features.std(0, correction=0) + 1e-6)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+        return self.net((features - self.feature_mean) / self.feature_std)
 
 
 class CausalSelfAttention(nn.Module):
@@ -144,6 +155,8 @@ class SRT(SequentialRecommender):
             config["projection_inner_size"],
             config["projection_dropout"],
         )
+        if config["standardize_item_features"]:
+            self.item_tower.standardize_over(item_features[1:].float())
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.input_norm = nn.LayerNorm(self.hidden_size, eps=eps)
         self.input_dropout = nn.Dropout(dropout)
