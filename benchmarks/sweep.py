@@ -1,0 +1,444 @@
+"""Scaling sweep: Ray Tune over model sizes x data fractions for SRT and its ID-based baselines.
+
+    python benchmarks/sweep.py --config properties/sweep/smoke.yaml [--storage results]
+        [--name NAME] [--address ray://HOST:10001] [--resume | --overwrite] [--set key=value ...]
+
+The grid is ``models x n_layers x hidden_size x data_fractions x seeds`` (``per_model`` narrows or
+changes it per model); ``n_heads = max(1, hidden_size // head_dim)``, ``inner_size = ffn_ratio *
+hidden_size``. Each grid point is one Ray Tune trial running :func:`benchmarks.sweep_trial.run_trial`
+with the preset's ``cpu``/``gpu`` (fractional GPUs pack several trials on one device; with no GPU in
+the cluster the sweep warns and runs on CPU instead of waiting forever). A failing trial is retried
+``retries`` times from its last checkpoint, then recorded with status ``ERROR``; the sweep goes on.
+``--resume`` continues an interrupted sweep: finished trials are kept, unfinished and errored ones
+continue from their checkpoints.
+
+Written to ``<storage>/<name>/`` (beside Ray's own experiment files):
+
+* ``epochs.csv`` / ``epochs.parquet``: one row per (trial, epoch), the table ``benchmarks/scaling.py``
+  fits (see :data:`EPOCH_COLUMNS`; test metrics only on each trial's best epoch);
+* ``trials.csv``: one row per trial, its best epoch's values (or the error);
+* ``results.json``: the preset, status counts, errors and the best trial per model;
+* ``sweep_valid_ndcg.png``: valid NDCG@10 per epoch for every trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import warnings
+from importlib.resources import files
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import ray  # noqa: E402
+import yaml  # noqa: E402
+from ray import air, tune  # noqa: E402
+from ray.tune.result import AUTO_RESULT_KEYS  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler  # noqa: E402
+
+from benchmarks.sweep_trial import run_trial  # noqa: E402
+
+DEFAULTS: dict = {
+    "name": "sweep",
+    "dataset": "ml-100k",
+    "data_path": None,
+    "config_files": [],
+    "models": ["SRT"],
+    "n_layers": [2],
+    "hidden_size": [64],
+    "data_fractions": [1.0],
+    "seeds": [0],
+    "per_model": {},
+    "head_dim": 64,
+    "ffn_ratio": 4,
+    "recbole": {},
+    "cpu": 1,
+    "gpu": 0,
+    "retries": 1,
+    "scheduler": None,
+    "metric": "valid_ndcg@10",
+    "mode": "max",
+    "local_num_cpus": None,
+    "fail_trials": {},
+}
+GRID_AXES = ("n_layers", "hidden_size", "data_fractions", "seeds")
+PER_MODEL_KEYS = (*GRID_AXES, "recbole")
+SPEC_COLUMNS = ("model", "n_layers", "hidden_size", "n_heads", "inner_size", "data_fraction", "seed")
+EPOCH_COLUMNS = (
+    "trial_id", "model", "n_layers", "hidden_size", "data_fraction", "seed", "epoch",
+    "params_trainable", "params_non_embedding", "params_catalog", "train_tokens", "flops",
+    "train_loss", "valid_loss", "valid_ndcg@10", "valid_recall@10", "test_ndcg@10", "test_recall@10",
+    "wall_time_s", "is_best_epoch", "status",
+)  # fmt: skip
+RAY_COLUMNS = {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_id", "experiment_tag", "should_checkpoint"}
+
+
+# --- the preset ---------------------------------------------------------------------------------
+
+
+def find_preset(config: str) -> Path:
+    """``config`` as a path, else the name of a preset shipped in ``properties/sweep/``."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    shipped = Path(str(files("recbole_srt.properties") / "sweep" / f"{config.removesuffix('.yaml')}.yaml"))
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"no sweep preset {config!r} (neither a file nor a shipped preset name)")
+
+
+def apply_override(preset: dict, assignment: str) -> None:
+    """Apply one ``--set key=value`` (dotted keys reach nested dicts; the value is parsed as YAML)."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set expects key=value, got {assignment!r}")
+    *parents, leaf = key.split(".")
+    target = preset
+    for part in parents:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ValueError(f"--set {key}: {part} is not a mapping")
+    target[leaf] = yaml.safe_load(value)
+
+
+def load_preset(config: str, overrides: list[str]) -> dict:
+    """The preset YAML over :data:`DEFAULTS`, with ``--set`` overrides; unknown keys are errors."""
+    loaded = yaml.safe_load(find_preset(config).read_text()) or {}
+    preset = {**DEFAULTS, **loaded}
+    for assignment in overrides:
+        apply_override(preset, assignment)
+    unknown = sorted(set(preset) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown preset keys {unknown}; known: {sorted(DEFAULTS)}")
+    for model, changes in preset["per_model"].items():
+        bad = sorted(set(changes) - set(PER_MODEL_KEYS))
+        if bad:
+            raise ValueError(f"per_model.{model}: unknown keys {bad}; allowed: {list(PER_MODEL_KEYS)}")
+    bad_hooks = {k: v for k, v in preset["fail_trials"].items() if v not in ("always", "once")}
+    if bad_hooks:
+        raise ValueError(f"fail_trials values must be 'always' or 'once', got {bad_hooks}")
+    if preset["data_path"] is not None:
+        preset["data_path"] = str(Path(preset["data_path"]).resolve())  # workers run in their trial folders
+    preset["config_files"] = [str(Path(f).resolve()) for f in preset["config_files"]]
+    return preset
+
+
+def trial_name(model: str, n_layers: int, hidden_size: int, fraction: float, seed: int) -> str:
+    return f"{model}-L{n_layers}-H{hidden_size}-f{fraction:g}-s{seed}"
+
+
+def build_grid(preset: dict, gpu: float) -> list[dict]:
+    """One spec per trial: everything :func:`run_trial` needs, JSON-serialisable."""
+    grid = []
+    for model in preset["models"]:
+        axes = {**{k: preset[k] for k in GRID_AXES}, **preset["per_model"].get(model, {})}
+        recbole = {**preset["recbole"], **axes.get("recbole", {})}
+        for n_layers in axes["n_layers"]:
+            for hidden in axes["hidden_size"]:
+                for fraction in axes["data_fractions"]:
+                    for seed in axes["seeds"]:
+                        name = trial_name(model, n_layers, hidden, fraction, seed)
+                        grid.append(
+                            {
+                                "name": name,
+                                "model": model,
+                                "dataset": preset["dataset"],
+                                "data_path": preset["data_path"],
+                                "config_files": preset["config_files"],
+                                "n_layers": int(n_layers),
+                                "hidden_size": int(hidden),
+                                "n_heads": max(1, int(hidden) // preset["head_dim"]),
+                                "inner_size": int(preset["ffn_ratio"] * hidden),
+                                "data_fraction": float(fraction),
+                                "seed": int(seed),
+                                "recbole": recbole,
+                                "cpu": preset["cpu"],
+                                "gpu": gpu,
+                                "fail": preset["fail_trials"].get(name),
+                            }
+                        )
+    names = [spec["name"] for spec in grid]
+    if len(set(names)) != len(names):
+        raise ValueError("the grid has repeated points; check per_model and the axes for duplicates")
+    return grid
+
+
+# --- Ray ----------------------------------------------------------------------------------------
+
+
+def connect(address: str | None, local_num_cpus: int | None) -> None:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=local_num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def trial_gpu(requested: float) -> float:
+    """``requested`` GPUs per trial, or 0 (with a warning) when the cluster has no GPU at all."""
+    available = ray.cluster_resources().get("GPU", 0)
+    if requested > 0 and available == 0:
+        warnings.warn(
+            f"the preset asks for gpu: {requested} per trial but the Ray cluster has no GPU; running on CPU",
+            stacklevel=2,
+        )
+        return 0.0
+    if requested > available:
+        raise ValueError(f"gpu: {requested} per trial, but the cluster has only {available} GPUs")
+    return float(requested)
+
+
+def _trial_label(trial) -> str:
+    return trial.config["trial"]["name"]
+
+
+class TrialLines(tune.Callback):
+    """One line per reported epoch, finished trial and failure."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        print(
+            f"[{_trial_label(trial)}] epoch {result.get('epoch')}: train_loss {result.get('train_loss'):.4f} "
+            f"{self.metric} {result.get(self.metric, math.nan):.4f} ({result.get('wall_time_s', 0):.0f} s)",
+            flush=True,
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        print(f"[{_trial_label(trial)}] finished", flush=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        print(f"[{_trial_label(trial)}] failed (attempt {trial.num_failures}); retrying", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"[{_trial_label(trial)}] ERROR after {trial.num_failures} attempts", flush=True)
+
+
+def make_tuner(preset: dict, grid: list[dict], storage: Path, name: str, resume: bool) -> tune.Tuner:
+    """A new Tuner over ``grid``, or the one restored from ``storage/name`` with ``resume``."""
+    resources = {"cpu": preset["cpu"], "gpu": grid[0]["gpu"]}
+    trainable = tune.with_resources(run_trial, resources)
+    path = storage / name
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    if resume:
+        print(f"nothing to resume at {path}; starting the sweep", flush=True)
+    scheduler = None
+    if preset["scheduler"]:
+        options = {k: v for k, v in preset["scheduler"].items() if k != "type"}
+        if preset["scheduler"].get("type", "asha") != "asha":
+            raise ValueError(f"scheduler.type must be 'asha', got {preset['scheduler']['type']!r}")
+        scheduler = ASHAScheduler(time_attr="training_iteration", **options)
+    return tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(grid)},
+        tune_config=tune.TuneConfig(
+            metric=preset["metric"],
+            mode=preset["mode"],
+            scheduler=scheduler,
+            trial_name_creator=_trial_label,
+            trial_dirname_creator=_trial_label,
+        ),
+        run_config=air.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=air.FailureConfig(max_failures=preset["retries"]),
+            checkpoint_config=air.CheckpointConfig(num_to_keep=1),
+            callbacks=[TrialLines(preset["metric"])],
+            verbose=0,  # TrialLines prints the progress
+        ),
+    )
+
+
+# --- the results table --------------------------------------------------------------------------
+
+
+def trial_rows(spec: dict, history: pd.DataFrame | None, error: str | None) -> pd.DataFrame:
+    """The (trial, epoch) rows of one trial, with ``is_best_epoch`` and ``status``.
+
+    Epochs reported twice (a trial restarted from its best checkpoint re-runs the later epochs)
+    keep their last report. Test metrics stay only on the best epoch's row.
+    """
+    spec_values = {"trial_id": spec["name"], **{c: spec[c] for c in SPEC_COLUMNS}}
+    if history is None or history.empty or "epoch" not in history:
+        rows = pd.DataFrame([spec_values])
+        rows["epoch"] = pd.NA
+        rows["is_best_epoch"] = False
+        rows["status"] = "ERROR" if error else "TERMINATED"
+    else:
+        reported = [c for c in history.columns if c not in RAY_COLUMNS and not c.startswith("config/")]
+        rows = history[reported].drop_duplicates("epoch", keep="last").sort_values("epoch")
+        rows = rows.assign(**spec_values)
+        best = int(rows["best_epoch"].iloc[-1])
+        rows["is_best_epoch"] = rows["epoch"] == best
+        test_columns = [c for c in rows.columns if c.startswith("test_")]
+        rows.loc[~rows["is_best_epoch"], test_columns] = math.nan
+        if error:
+            rows["status"] = "ERROR"
+        elif rows["epoch"].iloc[-1] < rows["max_epochs"].iloc[-1] - 1:
+            rows["status"] = "EARLY_STOPPED"
+        else:
+            rows["status"] = "TERMINATED"
+    rows["error"] = error
+    for column in EPOCH_COLUMNS:
+        if column not in rows:
+            rows[column] = math.nan
+    extra = [c for c in rows.columns if c not in EPOCH_COLUMNS]
+    return rows[[*EPOCH_COLUMNS, *extra]].reset_index(drop=True)
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` of the exception a trial raised (unwrapped from Ray's task error), one line."""
+    cause = getattr(error, "cause", None) or error
+    message = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {message[-1] if message else ''}"
+
+
+def collect(results: tune.ResultGrid) -> pd.DataFrame:
+    """The tidy table of every trial and epoch in ``results``."""
+    frames = []
+    for result in results:
+        error = None if result.error is None else describe_error(result.error)
+        frames.append(trial_rows(result.config["trial"], result.metrics_dataframe, error))
+    return pd.concat(frames, ignore_index=True).sort_values(["model", "trial_id", "epoch"], ignore_index=True)
+
+
+def summarise_trials(epochs: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: its best epoch's row (or its only row), plus the number of epochs run."""
+    counts = epochs.groupby("trial_id")["epoch"].count().rename("epochs_run")
+    best = epochs[epochs["is_best_epoch"] | epochs["epoch"].isna()].drop_duplicates("trial_id")
+    return best.merge(counts, on="trial_id").reset_index(drop=True)
+
+
+def plot_valid_ndcg(epochs: pd.DataFrame, path: Path) -> None:
+    """Valid NDCG@10 per epoch, one line per trial, one colour per model."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (model, rows) in enumerate(epochs.dropna(subset=["valid_ndcg@10"]).groupby("model")):
+        for j, (_, trial) in enumerate(rows.groupby("trial_id")):
+            ax.plot(trial["epoch"], trial["valid_ndcg@10"], marker="o", ms=3, color=f"C{i}", alpha=0.7,
+                    label=model if j == 0 else None)  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid NDCG@10")
+    ax.set_title("Sweep: validation NDCG@10 per trial")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):  # numpy scalars
+        return _json_ready(value.item())
+    return value
+
+
+def write_outputs(out: Path, epochs: pd.DataFrame, preset: dict) -> dict:
+    """Write the tables, ``results.json`` and the plot to ``out``; return the JSON summary."""
+    trials = summarise_trials(epochs)
+    epochs.to_csv(out / "epochs.csv", index=False)
+    epochs.astype({"error": "string"}).to_parquet(out / "epochs.parquet", index=False)
+    trials.to_csv(out / "trials.csv", index=False)
+    plot_valid_ndcg(epochs, out / "sweep_valid_ndcg.png")
+    metric = preset["metric"]
+    ok = trials[trials["status"] != "ERROR"].dropna(subset=[metric])
+    best = ok.loc[
+        ok.groupby("model")[metric].idxmax()
+        if preset["mode"] == "max"
+        else ok.groupby("model")[metric].idxmin()
+    ]
+    keep = [
+        "trial_id",
+        "n_layers",
+        "hidden_size",
+        "data_fraction",
+        "epoch",
+        metric,
+        "test_ndcg@10",
+        "test_recall@10",
+    ]
+    summary = {
+        "experiment": str(out),
+        "preset": preset,
+        "trials": len(trials),
+        "status": trials["status"].value_counts().to_dict(),
+        "errors": trials.dropna(subset=["error"]).set_index("trial_id")["error"].to_dict(),
+        "best_per_model": {row["model"]: {k: row[k] for k in keep} for _, row in best.iterrows()},
+        "outputs": ["epochs.csv", "epochs.parquet", "trials.csv", "results.json", "sweep_valid_ndcg.png"],
+    }
+    summary = _json_ready(summary)
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="preset YAML, or a shipped preset name (smoke, paper)")
+    p.add_argument("--storage", type=Path, default=Path("results"), help="results root (default: ./results)")
+    p.add_argument("--name", default=None, help="experiment name (default: the preset's name)")
+    p.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else local)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the interrupted sweep at storage/name")
+    mode.add_argument("--overwrite", action="store_true", help="delete storage/name first")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key (YAML value)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        preset = load_preset(args.config, args.set)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        print(f"sweep: error: {err}", file=sys.stderr)
+        return 2
+    name = args.name or preset["name"]
+    storage = args.storage.resolve()
+    out = storage / name
+    if out.exists() and not (args.resume or args.overwrite):
+        print(
+            f"sweep: error: {out} exists; --resume to continue it, --overwrite to start over", file=sys.stderr
+        )
+        return 2
+    if args.overwrite:
+        shutil.rmtree(out, ignore_errors=True)
+
+    connect(args.address, preset["local_num_cpus"])
+    try:
+        grid = build_grid(preset, trial_gpu(float(preset["gpu"])))
+        print(f"sweep {name}: {len(grid)} trials -> {out}", flush=True)
+        results = make_tuner(preset, grid, storage, name, args.resume).fit()
+    finally:
+        ray.shutdown()
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    if unfinished:
+        print(f"sweep interrupted: {unfinished} of {len(results)} trials unfinished; continue with --resume")
+        return 130
+    epochs = collect(results)
+    summary = write_outputs(out, epochs, preset)
+    print(json.dumps({k: summary[k] for k in ("trials", "status", "errors", "best_per_model")}, indent=2))
+    print(f"wrote {out}/epochs.csv, trials.csv, epochs.parquet, results.json, sweep_valid_ndcg.png")
+    return 0 if summary["status"].get("ERROR", 0) < summary["trials"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
