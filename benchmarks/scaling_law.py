@@ -247,7 +247,7 @@ def _fit_lse(
     grad = np.where((at_lower & (best.jac > 0)) | (at_upper & (best.jac < 0)), 0.0, best.jac)
     grad_norm = float(np.max(np.abs(grad)))
     on_bound = [
-        f"{name} at its {'lower' if lo else 'upper'} bound"
+        f"{name} on its {'lower bound (~0)' if lo else 'upper bound'}"
         for name, lo, hi in zip(names, at_lower, at_upper, strict=True)
         if lo or hi
     ]
@@ -272,7 +272,7 @@ def _convergence_verdict(runs: list, grad_norm: float, on_bound: list[str]) -> t
     """Converged = the best run succeeded, its (projected) gradient is ~0, no parameter sits on a
     bound, and the best few runs agree."""
     best = runs[0]
-    problems = [f"{b} (not identified by these data)" for b in on_bound]
+    problems = [f"{b}: not identified by these data" for b in on_bound]
     # L-BFGS-B status 2 is a line-search stop; on Huber's kinks it happens at the optimum, so it
     # counts as success when the gradient there is ~0 (checked next).
     if not (best.success or (best.status == 2 and grad_norm <= GRAD_TOL)):

@@ -1,7 +1,7 @@
 """Scaling-law fitter and CLI, checked against points drawn from known laws.
 
 Every expected value comes from the synthetic law the test generates, never from the fitter. Noise is
-multiplicative (log-normal, 1 %), the size of seed-to-seed spread in small sweeps.
+multiplicative: log-normal with a 1 % standard deviation.
 """
 
 import json
@@ -22,10 +22,11 @@ from benchmarks.scaling_law import (
 )
 
 NOISE = 0.01
-# Stated tolerances: about 3.5 standard deviations of each estimate, measured by refitting 20-40 noise
-# draws of the designs below. Relative for E, A, B; absolute for the exponents alpha, beta.
+# Stated tolerances: 4 to 5 standard deviations of each estimate, the spread measured by refitting 40
+# (power law) and 20 (Chinchilla) other noise draws of the designs below, over which the 95 % bootstrap
+# intervals covered the truth 95 % and 100 % of the time. Relative for E, A, B; absolute for exponents.
 POWER_TOL = {"E": 0.05, "A": 0.30, "alpha": 0.03}
-CHINCHILLA_TOL = {"E": 0.10, "A": 0.35, "alpha": 0.04, "B": 0.25, "beta": 0.02}
+CHINCHILLA_TOL = {"E": 0.10, "A": 0.30, "alpha": 0.035, "B": 0.20, "beta": 0.015}
 POWER_TRUTH = {"E": 1.8, "A": 60.0, "alpha": 0.32}
 CHINCHILLA_TRUTH = {"E": 1.5, "A": 40.0, "alpha": 0.30, "B": 100.0, "beta": 0.25}
 
@@ -105,6 +106,14 @@ def test_convergence_is_flagged_when_the_law_is_not_identifiable():
     fit = fit_chinchilla(n, d, chinchilla(n, d, CHINCHILLA_TRUTH))
     assert not fit.converged
     assert "differ in parameters" in fit.message
+
+
+def test_convergence_is_flagged_when_a_parameter_is_not_identified():
+    # A pure power law has no floor: E is driven to its lower bound, which the verdict reports.
+    n = np.geomspace(1e4, 1e8, 6)
+    fit = fit_power_law(n, 60.0 / n**0.3)
+    assert not fit.converged
+    assert "E on its lower bound" in fit.message
 
 
 def test_convergence_is_flagged_when_the_optimizer_stops_early(power_data):
