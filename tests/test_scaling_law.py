@@ -219,6 +219,10 @@ def synthetic_table(models: dict[str, int], epochs: int = 4) -> pd.DataFrame:
     return pd.DataFrame([*rows, error_row])
 
 
+def _reject_non_standard_json(constant):
+    raise AssertionError(f"{constant} in the JSON")
+
+
 PNGS = ("loss_vs_params.png", "ndcg_vs_params.png", "loss_vs_compute.png", "srt_vs_baselines.png")
 
 
@@ -228,7 +232,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "scaling"
     assert scaling.main(["--results", str(results), "--out", str(out), "--bootstrap", "5"]) == 0
 
-    fits = json.loads((out / "scaling_fits.json").read_text())
+    fits = json.loads((out / "scaling_fits.json").read_text(), parse_constant=_reject_non_standard_json)
     assert fits["loss_col"] == "valid_loss"
     assert fits["excluded_error_trials"] == 1
     srt = fits["models"]["SRT"]
