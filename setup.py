@@ -42,6 +42,8 @@ setup(
         "tabulate>=0.8",
         "matplotlib>=3.7",
         "scipy>=1.10",
+        # Scaling-law fits pin BLAS to one thread (oversubscribed OpenBLAS was ~25x slower).
+        "threadpoolctl>=3",
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
     entry_points={

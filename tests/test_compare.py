@@ -1,0 +1,97 @@
+"""benchmarks/compare.py: one epoch per model on a tiny dataset, cold start included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_srt, write_tiny_dataset
+from torch import nn
+
+from benchmarks import compare
+from benchmarks.compare_data import DatasetSpec, hold_out_items
+from benchmarks.compare_run import catalog_params, ranking_metrics
+
+TINY_SETTINGS = [
+    "--set=hidden_size=16",
+    "--set=inner_size=32",
+    "--set=n_layers=1",
+    "--set=MAX_ITEM_LIST_LENGTH=10",
+    "--set=train_batch_size=64",
+]
+
+
+def test_ranking_metrics_by_hand():
+    metrics = ranking_metrics(np.array([0, 3, 15, 40]))
+    assert metrics["recall@10"] == pytest.approx(2 / 4) and metrics["recall@20"] == pytest.approx(3 / 4)
+    assert metrics["ndcg@10"] == pytest.approx((1 + 1 / np.log2(5)) / 4)
+    assert metrics["mrr@10"] == pytest.approx((1 + 1 / 4) / 4)
+
+
+def test_catalog_params_counts_item_tables_not_layers_of_the_same_width():
+    srt = make_srt(31, inner_size=32)  # a feed-forward width equal to n_items + 1
+    assert catalog_params(srt, 31) == 0
+
+    class IdModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.item_embedding = nn.Embedding(32, 16)  # n_items + mask token
+            self.output_bias = nn.Parameter(torch.zeros(31))
+            self.ffn = nn.Linear(16, 32)
+
+    assert catalog_params(IdModel(), 31) == 32 * 16 + 31
+
+
+def test_held_out_items_only_remain_as_last_interactions(tmp_path):
+    folder = write_tiny_dataset(tmp_path, n_users=60)
+    spec = DatasetSpec("tiny", tmp_path, [str(folder / "tiny.yaml")])
+    cold, held_out = hold_out_items(spec, 0.2, seed=3, out_dir=tmp_path / "derived")
+    assert len(held_out) == 6
+    inter = pd.read_csv(cold.folder / f"{cold.name}.inter", sep="\t", dtype=str)
+    inter = inter.sort_values(
+        ["user_id:token", "timestamp:float"],
+        key=lambda c: c.astype(float if c.name.startswith("timestamp") else str),
+        kind="stable",
+    )
+    last = ~inter.duplicated("user_id:token", keep="last")
+    in_held_out = inter["item_id:token"].isin(held_out)
+    assert in_held_out.any() and not (in_held_out & ~last).any()
+    assert inter.groupby("user_id:token").size().min() >= 3
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_and_rerun_skips(tmp_path, capsys):
+    write_tiny_dataset(tmp_path / "data", n_users=60)
+    out = tmp_path / "out"
+    argv = [
+        "--dataset=tiny",
+        f"--data-dir={tmp_path / 'data'}",
+        "--models",
+        "SRT",
+        "SASRec",
+        "BERT4Rec",
+        "--seeds=1",
+        "--epochs=1",
+        f"--out={out}",
+        "--cold-start",
+        "--cold-fraction=0.2",
+        *TINY_SETTINGS,
+    ]
+    assert compare.main(argv) == 0
+
+    rows = pd.read_csv(out / "results.csv")
+    assert len(rows) == 6 and set(rows["dataset"]) == {"tiny", "tiny-cold20"}
+    # our per-user ranks reproduce RecBole's own evaluator (which rounds to 4 decimals)
+    np.testing.assert_allclose(rows["test_ndcg@10"], rows["recbole_test_ndcg@10"], atol=6e-5)
+    by_model = rows[rows["dataset"] == "tiny"].set_index("model")
+    assert by_model.loc["SRT", "catalog_params"] == 0 and by_model.loc["SASRec", "catalog_params"] > 0
+    cold = rows[rows["dataset"] == "tiny-cold20"]
+    assert (cold["cold_test_users"] > 0).all() and cold["cold_ndcg@10"].between(0, 1).all()
+    table = (out / "results.md").read_text()
+    assert all(m in table for m in ("SRT", "SASRec", "BERT4Rec")) and "Cold start" in table
+    assert (out / "results.png").stat().st_size > 0
+
+    capsys.readouterr()
+    assert compare.main(argv) == 0
+    assert capsys.readouterr().out.count("done earlier, skipped") == 6
