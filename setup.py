@@ -1,12 +1,14 @@
 """recbole-srt: the Scalable Recommendation Transformer (SRT) as a RecBole plugin."""
 
+from pathlib import Path
+
 from setuptools import setup
 
 setup(
     name="recbole-srt",
     version="0.1.0",
     description="SRT (SIGIR '24): a SASRec-style transformer over frozen item text features, for RecBole",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     # ray 2.6.3 (RecBole's own pin is ray<=2.6.3) ships no wheels for Python >= 3.12.
     python_requires=">=3.11,<3.12",

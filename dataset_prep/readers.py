@@ -118,11 +118,7 @@ def _slow_block(block: Block, layout: Layout, parse_line: Callable, stats: FileS
         if not raw.strip():
             continue
         stats.lines += 1
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            line = raw.decode("utf-8", errors="replace")
-            stats.non_utf8 += 1
+        line = _decode(raw, stats)
         try:
             user, item, rating, ts = parse_line(line, layout)
         except (ValueError, TypeError, RecursionError) as err:
@@ -136,6 +132,15 @@ def _slow_block(block: Block, layout: Layout, parse_line: Callable, stats: FileS
     return Chunk.of(
         pa.array(users, pa.string()), pa.array(items, pa.string()), np.asarray(ratings), np.asarray(stamps)
     )
+
+
+def _decode(raw: bytes, stats: FileStats) -> str:
+    """A line as text; invalid UTF-8 bytes become U+FFFD and the line is counted as non-UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        stats.non_utf8 += 1
+        return raw.decode("utf-8", errors="replace")
 
 
 def _finite(value: object, name: str) -> float:
@@ -282,11 +287,7 @@ def read_meta(
             if found and not wanted((found.group(1) or found.group(2) or b"").decode("utf-8", "replace")):
                 stats.not_needed += 1
                 continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                line = raw.decode("utf-8", errors="replace")
-                stats.non_utf8 += 1
+            line = _decode(raw, stats)
             try:
                 record = parse(line)
                 item = _ident(record.get(layout.item_key), layout.item_key)
