@@ -217,11 +217,12 @@ class TrialLines(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         print(f"[{_trial_label(trial)}] finished", flush=True)
 
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        print(f"[{_trial_label(trial)}] failed (attempt {trial.num_failures}); retrying", flush=True)
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.num_failures:
+            print(f"[{_trial_label(trial)}] failed (attempt {trial.num_failures}); retrying", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        print(f"[{_trial_label(trial)}] ERROR after {trial.num_failures} attempts", flush=True)
+        print(f"[{_trial_label(trial)}] ERROR (no retries left)", flush=True)
 
 
 def make_tuner(preset: dict, grid: list[dict], storage: Path, name: str, resume: bool) -> tune.Tuner:
