@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,3 +165,22 @@ def test_tower_standardizes_with_training_statistics_that_travel_with_the_weight
     other_catalog = make_srt(N_ITEMS + 7, seed=1, standardize_item_features=True)
     other_catalog.load_state_dict(model.state_dict())  # no per-item tensor: any catalog accepts it
     torch.testing.assert_close(other_catalog.item_tower.feature_mean, model.item_tower.feature_mean)
+
+
+@pytest.mark.parametrize("projection", ["linear", "mlp"])
+@pytest.mark.parametrize("hidden_size", [16, 256])
+def test_initial_loss_is_near_uniform_for_any_width(projection, hidden_size):
+    """Untrained logits are small: full cross-entropy starts near log(#items), whatever the width."""
+    n_items = 200
+    model = make_srt(
+        n_items,
+        feature_size=384,
+        hidden_size=hidden_size,
+        n_heads=4,
+        projection=projection,
+        standardize_item_features=True,
+    ).eval()
+    with torch.no_grad():
+        loss = model.calculate_loss(make_batch(n_items, batch_size=64))
+    # SASRec-scale logits (std ~ initializer_range * sqrt(d)) stay within 0.3 nats (old init: 99.9 at d=256)
+    assert loss.item() == pytest.approx(math.log(n_items - 1), abs=0.3)

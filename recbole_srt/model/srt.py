@@ -19,6 +19,8 @@ seeing padding.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
@@ -53,6 +55,10 @@ class ItemTower(nn.Module):
             )
         else:
             raise ValueError(f"projection must be 'linear' or 'mlp', got {projection!r}")
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.net if isinstance(self.net, nn.Linear) else self.net[-1]
 
     def standardize_over(self, features: torch.Tensor) -> None:
         """Centre and scale each feature dimension by its statistics over ``features`` ``[n, F]``."""
@@ -176,6 +182,10 @@ class SRT(SequentialRecommender):
         self.final_norm = nn.LayerNorm(self.hidden_size, eps=eps) if config["norm_first"] else nn.Identity()
         self.initializer_range = config["initializer_range"]
         self.apply(self._init_weights)
+        # Item vectors start at the scale of SASRec's ID embeddings (std = initializer_range) for
+        # any feature or hidden size, so initial logits stay small and the softmax unsaturated.
+        output_layer = self.item_tower.output_layer
+        nn.init.normal_(output_layer.weight, std=self.initializer_range / math.sqrt(output_layer.in_features))
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear | nn.Embedding):
