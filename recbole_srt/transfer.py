@@ -311,6 +311,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
+    sys.argv = sys.argv[:1]  # the overrides go in as config_dict; RecBole's Config must not parse them again
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         result = finetune(
