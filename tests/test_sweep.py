@@ -55,8 +55,8 @@ def test_bad_presets_are_refused(override):
 def test_smoke_grid_and_paper_grid():
     smoke = sweep.build_grid(sweep.load_preset("smoke", []), gpu=0.0)
     names = [spec["name"] for spec in smoke]
-    assert len(names) == 8 and "SRT-L1-H32-f0.2-s0" in names and "SASRec-L1-H16-f0.1-s0" in names
-    assert not any(name.startswith(("SASRec-L1-H32", "BERT4Rec-L1-H32")) for name in names)
+    assert len(names) == 10 and "SRT-L1-H64-f0.2-s0" in names and "SASRec-L1-H16-f0.1-s0" in names
+    assert not any(name.startswith(("SASRec-L1-H32", "BERT4Rec-L1-H64")) for name in names)
     paper = sweep.build_grid(sweep.load_preset("paper", []), gpu=0.25)
     assert len(paper) == 3 * 5 * 4 * 4
     widest = next(s for s in paper if s["hidden_size"] == 512)
@@ -186,13 +186,13 @@ def test_smoke_sweep_end_to_end_with_failing_trials_then_resume(tmp_path):
     epochs, trials = pd.read_csv(out / "epochs.csv"), pd.read_csv(out / "trials.csv")
     for table in (epochs, trials):
         assert set(sweep.EPOCH_COLUMNS) <= set(table.columns)
-    assert len(trials) == trials["trial_id"].nunique() == 8
+    assert len(trials) == trials["trial_id"].nunique() == 10
     status = trials.set_index("trial_id")["status"]
     assert status[broken] == "ERROR" and (status.drop(broken) == "TERMINATED").all()
     assert "InjectedFailure" in trials.set_index("trial_id").loc[broken, "error"]
 
     ok = epochs[epochs["status"] != "ERROR"]
-    assert len(ok) == 7 * 2 and (ok.groupby("trial_id")["is_best_epoch"].sum() == 1).all()
+    assert len(ok) == 9 * 2 and (ok.groupby("trial_id")["is_best_epoch"].sum() == 1).all()
     assert (ok["flops"] > 0).all() and (ok["train_tokens"] > 0).all() and (ok["wall_time_s"] > 0).all()
     assert ok[["train_loss", "valid_loss", "valid_ndcg@10", "valid_recall@10"]].notna().all().all()
     assert ok.loc[ok["is_best_epoch"], ["test_ndcg@10", "test_recall@10"]].notna().all().all()
@@ -209,7 +209,7 @@ def test_smoke_sweep_end_to_end_with_failing_trials_then_resume(tmp_path):
     assert srt.loc[(16, 0.2), "train_tokens"] > srt.loc[(16, 0.1), "train_tokens"]
     assert srt.loc[(32, 0.1), "flops"] > srt.loc[(16, 0.1), "flops"]
     summary = json.loads((out / "results.json").read_text())
-    assert summary["status"] == {"TERMINATED": 7, "ERROR": 1}
+    assert summary["status"] == {"TERMINATED": 9, "ERROR": 1}
     assert set(summary["best_per_model"]) == {"SRT", "SASRec", "BERT4Rec"}
     assert (out / "sweep_valid_ndcg.png").stat().st_size > 0
     assert pd.read_parquet(out / "epochs.parquet").shape == epochs.shape
@@ -220,4 +220,4 @@ def test_smoke_sweep_end_to_end_with_failing_trials_then_resume(tmp_path):
     assert f"[{broken}] ERROR" in log and f"[{flaky}]" not in log
     assert (out / flaky / "progress.csv").read_text() == finished
     again = pd.read_csv(out / "trials.csv")
-    assert len(again) == 8 and (again["status"] == "ERROR").sum() == 1
+    assert len(again) == 10 and (again["status"] == "ERROR").sum() == 1
