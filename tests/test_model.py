@@ -184,3 +184,15 @@ def test_initial_loss_is_near_uniform_for_any_width(projection, hidden_size):
         loss = model.calculate_loss(make_batch(n_items, batch_size=64))
     # SASRec-scale logits (std ~ initializer_range * sqrt(d)) stay within 0.3 nats (old init: 99.9 at d=256)
     assert loss.item() == pytest.approx(math.log(n_items - 1), abs=0.3)
+
+
+def test_ddp_does_not_broadcast_the_frozen_catalog(tmp_path):
+    """RecBole's DDP trainer calls DDP's forward every step; only small, trainable-side buffers sync."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1
+    )
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(make_srt(N_ITEMS, standardize_item_features=True))
+        assert set(ddp.named_module_buffers) == {"item_tower.feature_mean", "item_tower.feature_std"}
+    finally:
+        torch.distributed.destroy_process_group()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from recbole_srt.features import load_item_features
 
@@ -152,6 +153,11 @@ class SRT(SequentialRecommender):
         sampling_weight[0] = 0.0  # never sample padding
         self.register_buffer("sampling_weight", sampling_weight, persistent=False)
         self.register_buffer("log_q", torch.log(sampling_weight / sampling_weight.sum()), persistent=False)
+        # These buffers are identical on every rank. RecBole's DDP trainer runs DDP's forward every
+        # step, which would otherwise broadcast the whole [N, F] feature matrix from rank 0 each time.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, ["item_features", "sampling_weight", "log_q"]
+        )
 
         dropout, eps = config["hidden_dropout_prob"], config["layer_norm_eps"]
         self.item_tower = ItemTower(
