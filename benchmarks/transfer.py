@@ -48,6 +48,7 @@ from recbole_srt.transfer import (
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 logger = logging.getLogger("benchmarks.transfer")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -213,6 +214,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         ax.plot(range(len(r["curve"])), r["curve"], marker="o", label=f"{r['model']} {r['init']}")
     ax.scatter([0], [rows[0]["curve"][0]], color="black", zorder=3, label="SRT zero-shot")
     ax.set(xlabel="epochs on the target", ylabel="valid NDCG@10", title="Fine-tuning vs from scratch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)

@@ -31,7 +31,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -101,12 +101,12 @@ class RunResult:
 
 @dataclass
 class TransferResult:
-    """Zero-shot metrics of the pre-trained weights on the target, then the fine-tuned run."""
+    """Zero-shot metrics of the pre-trained weights on the target, then the fine-tuned run and its stages."""
 
     zero_shot_valid: dict
     zero_shot_test: dict
     finetuned: RunResult
-    stages: list[Stage] = field(default_factory=list)
+    stages: list[Stage]
 
 
 def transfer_config(
