@@ -160,6 +160,7 @@ def test_bad_strategy_settings_are_clear_errors(overrides, message):
         plan_stages(make_srt(10, n_layers=3), config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
