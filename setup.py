@@ -52,6 +52,8 @@ setup(
         "console_scripts": [
             "run_recbole=recbole_srt.cli:main",
             "srt-prep=dataset_prep.cli:main",
+            "srt-finetune=recbole_srt.transfer:main",
+            "srt-recommend=recbole_srt.serve:main",
         ]
     },
 )

@@ -198,7 +198,8 @@ def align_to_internal_ids(
     return aligned, absent
 
 
-def _slug(encoder: str) -> str:
+def encoder_slug(encoder: str) -> str:
+    """The encoder's name as used in cache file names (``<dataset>.srt-<slug>.npy``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.rstrip("/").split("/")[-1])
 
 
@@ -221,7 +222,7 @@ def _encoded_text_features(config, item_texts: ItemTexts) -> tuple[np.ndarray, n
     cache_dir = config["feature_cache_dir"] or config["data_path"]
     if config["feature_cache_dir"] is None and not os.access(cache_dir, os.W_OK):
         cache_dir = Path.home() / ".cache" / "recbole_srt"  # e.g. ml-100k in a read-only site-packages
-    cache_stem = Path(cache_dir) / f"{config['dataset']}.srt-{_slug(config['text_encoder'])}"
+    cache_stem = Path(cache_dir) / f"{config['dataset']}.srt-{encoder_slug(config['text_encoder'])}"
     device = str(config["device"]) if config["device"] is not None else "cpu"
     matrix, empty_vector = cached_text_features(
         item_texts, config["text_encoder"], cache_stem, config["text_encoder_batch_size"], device

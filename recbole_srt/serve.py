@@ -34,9 +34,9 @@ import torch
 from recbole_srt.features import (
     ItemFeatureError,
     ItemTexts,
-    _slug,
     cached_text_features,
     encode_texts,
+    encoder_slug,
     read_item_texts,
 )
 from recbole_srt.model.srt import SRT
@@ -112,7 +112,7 @@ def read_catalog(
 def _cache_stem(catalog: Path, encoder: str) -> Path:
     """Beside the catalog (the training cache itself for a dataset's ``.item``), else ~/.cache."""
     folder = catalog.parent if os.access(catalog.parent, os.W_OK) else Path.home() / ".cache" / "recbole_srt"
-    return folder / f"{catalog.stem}.srt-{_slug(encoder)}"
+    return folder / f"{catalog.stem}.srt-{encoder_slug(encoder)}"
 
 
 class _Catalog:
