@@ -173,12 +173,7 @@ def _csv_line(line: str, layout: CsvLayout) -> tuple[str, str, float, float]:
 
 
 def _json_line(line: str, layout: JsonLayout) -> tuple[str, str, float, float]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not JSON ({err.msg}): {line.strip()[:60]!r}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"not a JSON object: {line.strip()[:60]!r}")
+    record = _parse_json_object(line)
     for key in (layout.user_key, layout.item_key, layout.rating_key, layout.time_key):
         if key not in record:
             raise ValueError(f"missing key {key!r}")

@@ -84,20 +84,9 @@ def load_with_recbole(yaml_file: Path, name: str, monkeypatch: pytest.MonkeyPatc
 
 def test_magazine_2018_counts_and_recbole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     need(MAGAZINE)
-    status = main(
-        [
-            "convert",
-            "--release",
-            "2018",
-            "--category",
-            "Magazine_Subscriptions",
-            "--input",
-            str(MAGAZINE),
-            "--output",
-            str(tmp_path),
-        ]
-    )
-    assert status == 0
+    convert = ["convert", "--release", "2018", "--category", "Magazine_Subscriptions"]
+    convert += ["--input", str(MAGAZINE), "--output", str(tmp_path)]
+    assert main(convert) == 0
     name = "amazon2018-magazine_subscriptions"
     out = tmp_path / name
     report = json.loads((out / "report.json").read_text())
@@ -154,22 +143,7 @@ def test_magazine_2018_counts_and_recbole(tmp_path: Path, monkeypatch: pytest.Mo
     # Rerun with the same inputs: nothing is rewritten.
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "convert",
-                "--release",
-                "2018",
-                "--category",
-                "Magazine_Subscriptions",
-                "--input",
-                str(MAGAZINE),
-                "--output",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+    assert main(convert) == 0
     assert "up to date" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
