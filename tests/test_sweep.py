@@ -168,15 +168,17 @@ def test_trial_rows_of_an_error_without_reports():
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
-    out = subprocess.run([*SWEEP, *args], capture_output=True, text=True, timeout=420, env=env)
+    out = subprocess.run([*SWEEP, *args], capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     return out
 
 
 @pytest.mark.slow
 def test_smoke_sweep_end_to_end_with_failing_trials_then_resume(tmp_path):
+    """The smoke preset, narrowed to SRT widths {16, 32} (2 sizes x 2 fractions) to keep CI short."""
     broken, flaky = "SASRec-L1-H16-f0.1-s0", "SRT-L1-H16-f0.1-s0"
     common = ["--config", "smoke", "--storage", str(tmp_path), "--set", "recbole.epochs=2"]
+    common += ["--set", "hidden_size=[16, 32]"]
     common += ["--set", f"fail_trials={{{broken}: always, {flaky}: once}}"]
     log = _run(*common).stdout
     for name in (broken, flaky):
@@ -186,13 +188,13 @@ def test_smoke_sweep_end_to_end_with_failing_trials_then_resume(tmp_path):
     epochs, trials = pd.read_csv(out / "epochs.csv"), pd.read_csv(out / "trials.csv")
     for table in (epochs, trials):
         assert set(sweep.EPOCH_COLUMNS) <= set(table.columns)
-    assert len(trials) == trials["trial_id"].nunique() == 10
+    assert len(trials) == trials["trial_id"].nunique() == 8
     status = trials.set_index("trial_id")["status"]
     assert status[broken] == "ERROR" and (status.drop(broken) == "TERMINATED").all()
     assert "InjectedFailure" in trials.set_index("trial_id").loc[broken, "error"]
 
     ok = epochs[epochs["status"] != "ERROR"]
-    assert len(ok) == 9 * 2 and (ok.groupby("trial_id")["is_best_epoch"].sum() == 1).all()
+    assert len(ok) == 7 * 2 and (ok.groupby("trial_id")["is_best_epoch"].sum() == 1).all()
     assert (ok["flops"] > 0).all() and (ok["train_tokens"] > 0).all() and (ok["wall_time_s"] > 0).all()
     assert ok[["train_loss", "valid_loss", "valid_ndcg@10", "valid_recall@10"]].notna().all().all()
     assert ok.loc[ok["is_best_epoch"], ["test_ndcg@10", "test_recall@10"]].notna().all().all()
@@ -209,7 +211,7 @@ def test_smoke_sweep_end_to_end_with_failing_trials_then_resume(tmp_path):
     assert srt.loc[(16, 0.2), "train_tokens"] > srt.loc[(16, 0.1), "train_tokens"]
     assert srt.loc[(32, 0.1), "flops"] > srt.loc[(16, 0.1), "flops"]
     summary = json.loads((out / "results.json").read_text())
-    assert summary["status"] == {"TERMINATED": 9, "ERROR": 1}
+    assert summary["status"] == {"TERMINATED": 7, "ERROR": 1}
     assert set(summary["best_per_model"]) == {"SRT", "SASRec", "BERT4Rec"}
     assert (out / "sweep_valid_ndcg.png").stat().st_size > 0
     assert pd.read_parquet(out / "epochs.parquet").shape == epochs.shape
@@ -220,4 +222,4 @@ def test_smoke_sweep_end_to_end_with_failing_trials_then_resume(tmp_path):
     assert f"[{broken}] ERROR" in log and f"[{flaky}]" not in log
     assert (out / flaky / "progress.csv").read_text() == finished
     again = pd.read_csv(out / "trials.csv")
-    assert len(again) == 10 and (again["status"] == "ERROR").sum() == 1
+    assert len(again) == 8 and (again["status"] == "ERROR").sum() == 1
