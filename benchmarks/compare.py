@@ -97,6 +97,8 @@ def shared_settings(args: argparse.Namespace) -> dict:
         settings["epochs"] = args.epochs
     for assignment in args.set:
         key, _, value = assignment.partition("=")
+        if key in ("topk", "metrics", "eval_args"):
+            raise SystemExit(f"--set {key}: fixed by the protocol (full ranking, metrics at 10 and 20)")
         settings[key] = yaml.safe_load(value)
     return settings
 

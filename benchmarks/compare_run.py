@@ -36,18 +36,28 @@ def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
 
 
 def target_ranks(trainer, test_data) -> tuple[np.ndarray, np.ndarray]:
-    """Target item id and its 0-based rank for every test user, scored as RecBole's evaluator does.
+    """Target item id and its 0-based rank for every test user, exactly as RecBole's evaluator ranks.
 
-    Uses ``Trainer._full_sort_batch_eval`` (padding and history masking included), so the
-    metrics of all users equal RecBole's ``test_result``; call after ``trainer.evaluate``.
+    Scores come from ``Trainer._full_sort_batch_eval`` (padding and history masking included) and
+    the ranking from ``torch.topk(max(KS))`` as RecBole's evaluator does with ``topk: [10, 20]`` (the
+    shared setting), so tied scores (SRT gives items with identical text identical scores) are
+    broken the same way. A target outside the top ``max(KS)`` gets rank ``max(KS)``. Call after
+    ``trainer.evaluate``.
     """
+    depth = max(KS)
     items, ranks = [], []
     trainer.model.eval()
     with torch.no_grad():
         for batched_data in test_data:
             _, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batched_data)
-            target_scores = scores[positive_u, positive_i]
-            ranks.append((scores[positive_u] > target_scores.unsqueeze(1)).sum(1).cpu().numpy())
+            top = torch.topk(
+                scores[positive_u], min(depth, scores.shape[1]), dim=-1
+            ).indices  # [users, depth]
+            hit = top == positive_i.to(top.device).unsqueeze(1)
+            rank = torch.where(
+                hit.any(1), hit.float().argmax(1), torch.full_like(hit[:, 0], depth, dtype=torch.long)
+            )
+            ranks.append(rank.cpu().numpy())
             items.append(positive_i.cpu().numpy())
     return np.concatenate(items), np.concatenate(ranks)
 

@@ -17,6 +17,10 @@ pyarrow >= 26           needs numpy 2 (undeclared), ``ray.init``    pin ``pyarro
 torch >= 2.6            ``torch.load`` defaults to                  :func:`trust_recbole_checkpoints`
                         ``weights_only=True``; RecBole pickles its  (only RecBole's own loaders read
                         ``Config`` into every checkpoint            full pickles)
+numpy >= 1.24           ``np.float``/``np.int``/... removed; RecBole  :func:`numpy_aliases` (the aliases
+                        sets them only in ``Config.__init__``, so    ``Config.compatibility_settings``
+                        metrics crash after ``load_data_and_model``  installs, at import)
+                        (its Config is unpickled, not constructed)
 RecBole 1.2.1 itself    its defaults (``loss_type: CE`` for SASRec  :func:`default_no_negatives_for_ce`
                         and BERT4Rec, uniform ``train_neg_sample_   (unless the user sets them)
                         args`` in overall.yaml) raise a ValueError
@@ -101,6 +105,16 @@ def trust_recbole_checkpoints() -> None:
     torch.load = _load_trusting_recbole
 
 
+def numpy_aliases() -> None:
+    """Install the numpy aliases RecBole 1.2.1 relies on, as ``Config.compatibility_settings`` does.
+
+    RecBole's metrics use ``np.float`` (removed in numpy 1.24) and only ``Config.__init__`` aliases
+    it; a Config unpickled from a checkpoint (``load_data_and_model``) never runs that, so a fresh
+    process that loads a checkpoint and evaluates it crashes in ``NDCG``.
+    """
+    Config.compatibility_settings(None)
+
+
 _recbole_set_default_parameters = Config._set_default_parameters
 
 
@@ -129,5 +143,6 @@ def default_no_negatives_for_ce() -> None:
 def apply() -> None:
     """Check the stack, then patch what a pin cannot fix."""
     check_stack()
+    numpy_aliases()
     trust_recbole_checkpoints()
     default_no_negatives_for_ce()

@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make_srt, write_tiny_dataset
+from recbole.evaluator.metrics import NDCG
 from torch import nn
 
 from benchmarks import compare
 from benchmarks.compare_data import DatasetSpec, hold_out_items
-from benchmarks.compare_run import catalog_params, ranking_metrics
+from benchmarks.compare_run import catalog_params, ranking_metrics, target_ranks
 
 TINY_SETTINGS = [
     "--set=hidden_size=16",
@@ -27,6 +28,32 @@ def test_ranking_metrics_by_hand():
     assert metrics["recall@10"] == pytest.approx(2 / 4) and metrics["recall@20"] == pytest.approx(3 / 4)
     assert metrics["ndcg@10"] == pytest.approx((1 + 1 / np.log2(5)) / 4)
     assert metrics["mrr@10"] == pytest.approx((1 + 1 / 4) / 4)
+
+
+def test_ranks_break_ties_like_recboles_evaluator():
+    """Identical texts give SRT identical scores: ranks follow RecBole's topk, not an optimistic count."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (64, 30), generator=g).float()  # heavy ties
+    scores[:, 0] = float("-inf")
+    targets = torch.randint(1, 30, (64,), generator=g)
+
+    class Trainer:
+        model = nn.Identity()
+
+        def _full_sort_batch_eval(self, batch):
+            return None, scores, torch.arange(64), targets
+
+    _, ranks = target_ranks(Trainer(), [None])
+    # RecBole ranks with topk(max(topk)); compare.py's shared settings use topk [10, 20]
+    top = torch.topk(scores, 20, dim=-1).indices
+    recbole_ndcg = (
+        NDCG({"topk": [10, 20], "metric_decimal_place": 4})
+        .metric_info((top == targets.unsqueeze(1)).numpy(), np.ones(64, dtype=int))[:, 9]
+        .mean()
+    )
+    assert ranking_metrics(ranks)["ndcg@10"] == pytest.approx(recbole_ndcg)
+    strictly_greater = (scores > scores.gather(1, targets.unsqueeze(1))).sum(1).numpy()
+    assert ranking_metrics(strictly_greater)["ndcg@10"] > recbole_ndcg  # the optimistic count differs
 
 
 def test_catalog_params_counts_item_tables_not_layers_of_the_same_width():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -77,3 +79,27 @@ def test_explicit_negative_sampling_with_ce_is_still_refused(tmp_path):
     }
     with pytest.raises(ValueError, match="should be None when the loss_type is CE"):
         Config(model="SASRec", dataset="tiny", config_dict=explicit)
+
+
+_NDCG_WITHOUT_A_CONFIG = """
+import numpy as np
+{setup}
+from recbole.evaluator.metrics import NDCG
+ndcg = NDCG({{"topk": [10], "metric_decimal_place": 4}})
+print(ndcg.metric_info(np.ones((2, 10), bool), np.ones(2, int))[0, -1])
+"""
+
+
+def test_recbole_metrics_work_without_constructing_a_config():
+    """As after load_data_and_model in a fresh process: RecBole's NDCG needs np.float."""
+    bare = subprocess.run(
+        [sys.executable, "-c", _NDCG_WITHOUT_A_CONFIG.format(setup="")], capture_output=True, text=True
+    )
+    assert bare.returncode != 0 and "has no attribute 'float'" in bare.stderr
+    shimmed = subprocess.run(
+        [sys.executable, "-c", _NDCG_WITHOUT_A_CONFIG.format(setup="import recbole_srt")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert float(shimmed.stdout) > 0
