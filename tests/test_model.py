@@ -36,6 +36,42 @@ def test_predict_and_full_sort_predict_shapes_and_padding():
     torch.testing.assert_close(single, scores.gather(1, batch["item_id"].unsqueeze(1)).squeeze(1))
 
 
+def test_cosine_similarity_scores_are_cosines_over_temperature():
+    model = make_srt(N_ITEMS, similarity="cosine", temperature=0.05).eval()
+    batch = make_batch(N_ITEMS, batch_size=3)
+    with torch.no_grad():
+        scores = model.full_sort_predict(batch)
+        hidden = model.gather_indexes(model(batch["item_id_list"]), batch["item_length"] - 1)
+        items = model.all_item_embeddings()
+        expected = F.cosine_similarity(hidden.unsqueeze(1), items.unsqueeze(0), dim=-1) / 0.05
+        single = model.predict(batch)
+    torch.testing.assert_close(scores[:, 1:], expected[:, 1:])
+    assert scores[:, 1:].abs().max() <= 1 / 0.05 + 1e-4
+    torch.testing.assert_close(single, scores.gather(1, batch["item_id"].unsqueeze(1)).squeeze(1))
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "SSM"])
+def test_cosine_loss_uses_the_scores_it_ranks_with(loss_type):
+    """Training logits equal full_sort_predict's scores (CE over the catalog, SSM before logQ)."""
+    model = make_srt(N_ITEMS, similarity="cosine", loss_type=loss_type, neg_sample_num=7).eval()
+    batch = make_batch(N_ITEMS)
+    torch.manual_seed(1)
+    loss = model.calculate_loss(batch)
+    scores = model.full_sort_predict(batch)  # [B, N], last positions = the training targets here
+    targets = batch["item_id"]
+    if loss_type == "CE":
+        expected = F.cross_entropy(scores, targets)
+    else:
+        torch.manual_seed(1)
+        negatives = torch.multinomial(model.sampling_weight, 7, replacement=True)
+        logits = scores - model.log_q
+        neg = logits[:, negatives].masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+        expected = F.cross_entropy(
+            torch.cat([logits.gather(1, targets.unsqueeze(1)), neg], 1), torch.zeros_like(targets)
+        )
+    torch.testing.assert_close(loss, expected)
+
+
 def test_trainable_parameters_do_not_grow_with_the_catalog():
     def trainable(model):
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -152,6 +188,8 @@ def test_bad_configuration_is_a_clear_error():
         make_srt(N_ITEMS, hidden_size=10, n_heads=3)
     with pytest.raises(ValueError, match="projection"):
         make_srt(N_ITEMS, projection="conv")
+    with pytest.raises(ValueError, match="similarity"):
+        make_srt(N_ITEMS, similarity="euclidean")
 
 
 def test_tower_standardizes_with_training_statistics_that_travel_with_the_weights():

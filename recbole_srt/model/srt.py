@@ -11,7 +11,7 @@ Shapes: B batch, L = MAX_ITEM_LIST_LENGTH, d = hidden_size, F = feature dim, N =
     item_features  [N, F]   frozen buffer (row 0 = padding, zeros)
     item tower     [*, F] -> [*, d]        Linear, or Linear-GELU-LayerNorm-Dropout-Linear
     sequence       [B, L] ids -> tower + positions -> n_layers causal blocks -> [B, L, d]
-    scores         [B, d] @ [N, d]^T -> [B, N]
+    scores         [B, d] @ [N, d]^T -> [B, N]   (dot product, or cosine / temperature)
 
 RecBole pads sequences on the right, so a causal mask alone keeps every real position from
 seeing padding.
@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from recbole_srt.features import load_item_features
 
 LOSS_TYPES = ("CE", "SSM", "BPR")
+SIMILARITIES = ("dot", "cosine")
 
 
 class ItemTower(nn.Module):
@@ -142,6 +143,9 @@ class SRT(SequentialRecommender):
         self.hidden_size = config["hidden_size"]
         self.train_all_positions = config["train_all_positions"]
         self.neg_sample_num = config["neg_sample_num"]
+        self.similarity, self.temperature = config["similarity"], config["temperature"]
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"SRT similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
 
         if item_features is None:
             item_features = load_item_features(config, dataset)
@@ -217,6 +221,16 @@ class SRT(SequentialRecommender):
             x = block(x)
         return self.final_norm(x)
 
+    def _query(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Sequence states ``[*, d]`` as they enter the dot product with :meth:`_key` item vectors."""
+        if self.similarity == "cosine":
+            return F.normalize(hidden, dim=-1) / self.temperature
+        return hidden
+
+    def _key(self, items: torch.Tensor) -> torch.Tensor:
+        """Item vectors ``[*, d]`` as they are scored: unit length for cosine similarity."""
+        return F.normalize(items, dim=-1) if self.similarity == "cosine" else items
+
     def _targets(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states ``[M, d]`` and their next-item targets ``[M]`` for the training loss."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
@@ -232,14 +246,15 @@ class SRT(SequentialRecommender):
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         hidden, targets = self._targets(interaction)  # [M, d], [M]
+        query = self._query(hidden)
         if self.loss_type == "CE":
-            logits = hidden @ self.all_item_embeddings().T  # [M, N]
+            logits = query @ self._key(self.all_item_embeddings()).T  # [M, N]
             logits[:, 0] = float("-inf")
             return F.cross_entropy(logits.float(), targets)
 
         negatives = torch.multinomial(self.sampling_weight, self.neg_sample_num, replacement=True)  # [K]
-        pos_logits = (hidden * self.item_embedding(targets)).sum(-1, keepdim=True)  # [M, 1]
-        neg_logits = hidden @ self.item_embedding(negatives).T  # [M, K]
+        pos_logits = (query * self._key(self.item_embedding(targets))).sum(-1, keepdim=True)  # [M, 1]
+        neg_logits = query @ self._key(self.item_embedding(negatives)).T  # [M, K]
         is_positive = negatives.unsqueeze(0) == targets.unsqueeze(1)  # [M, K]
         if self.loss_type == "SSM":
             # logQ correction: subtract the log sampling probability from every sampled logit.
@@ -251,16 +266,17 @@ class SRT(SequentialRecommender):
         keep = ~is_positive
         return (pair_loss * keep).sum() / keep.sum().clamp(min=1)
 
-    def _last_hidden(self, interaction) -> torch.Tensor:
+    def _last_query(self, interaction) -> torch.Tensor:
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        return self.gather_indexes(self.forward(item_seq), item_seq_len - 1)  # [B, d]
+        return self._query(self.gather_indexes(self.forward(item_seq), item_seq_len - 1))  # [B, d]
 
     def predict(self, interaction) -> torch.Tensor:
         """Score of each row's candidate ``interaction[ITEM_ID]`` -> ``[B]``."""
-        return (self._last_hidden(interaction) * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
+        items = self._key(self.item_embedding(interaction[self.ITEM_ID]))
+        return (self._last_query(interaction) * items).sum(-1)
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         """Scores over the whole catalog -> ``[B, N]``; padding id 0 scores ``-inf``."""
-        scores = self._last_hidden(interaction) @ self.all_item_embeddings().T
+        scores = self._last_query(interaction) @ self._key(self.all_item_embeddings()).T
         scores[:, 0] = float("-inf")
         return scores
