@@ -118,8 +118,8 @@ def planned_runs(args, datasets: list[tuple[DatasetSpec, set[str] | None]]) -> l
     ]
 
 
-def execute(run: dict, settings: dict, out: Path) -> dict:
-    """Run in a fresh spawned process; return its result row."""
+def execute(run: dict, settings: dict, out: Path, label: str) -> dict:
+    """Run in a fresh spawned process (a progress line per epoch); return its result row."""
     spec: DatasetSpec = run["dataset"]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -132,6 +132,7 @@ def execute(run: dict, settings: dict, out: Path) -> dict:
             run["seed"],
             out / "checkpoints",
             run["cold_items"],
+            progress=label,
         )
         return future.result()
 
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         start = time.perf_counter()
         try:
-            row = execute(run, settings, args.out)
+            row = execute(run, settings, args.out, label)
         except Exception as error:  # one failing run must not lose the others
             failed += 1
             print(f"{label}: FAILED: {type(error).__name__}: {error}", file=sys.stderr, flush=True)

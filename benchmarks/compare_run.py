@@ -102,8 +102,16 @@ def run_one(
     seed: int,
     checkpoint_dir: Path,
     cold_items: set[str] | None = None,
+    evaluate_test: bool = True,
+    progress: str | None = None,
 ) -> dict:
-    """Train and evaluate one model; return one result row (metrics prefixed ``test_``/``cold_``)."""
+    """Train and evaluate one model; return one result row.
+
+    Metrics are prefixed ``valid_`` (the best epoch's, as early stopping saw them), ``test_``,
+    ``unseen_`` and ``cold_``. With ``evaluate_test=False`` (tuning) the test split is never
+    scored and the row holds training costs and ``valid_`` metrics only. With ``progress`` (a
+    label), one line per epoch is printed: valid score, train loss and seconds.
+    """
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_logger, init_seed
@@ -131,34 +139,59 @@ def run_one(
         epoch_seconds.append(time.perf_counter() - start)
         return loss
 
+    valid_scores: list[float] = []
+    valid_epoch = trainer._valid_epoch
+
+    def recorded_valid_epoch(*args, **kwargs):
+        score, result = valid_epoch(*args, **kwargs)
+        valid_scores.append(float(score))
+        if progress:
+            print(
+                f"{progress} epoch {len(valid_scores)}: valid {config['valid_metric']} {score:.4f}, "
+                f"{epoch_seconds[-1]:.0f} s training",
+                flush=True,
+            )
+        return score, result
+
     trainer._train_epoch = timed_train_epoch
+    trainer._valid_epoch = recorded_valid_epoch
     started = time.perf_counter()
     trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-    wall = time.perf_counter() - started
+    row = {
+        "model": model_name,
+        "dataset": dataset,
+        "seed": seed,
+        "epochs_run": len(epoch_seconds),
+        # RecBole keeps the last of equal best scores (early_stopping compares with >=).
+        "best_epoch": len(valid_scores) - int(np.argmax(valid_scores[::-1])),
+        "valid_curve": [round(v, 5) for v in valid_scores],
+        "s_per_epoch": float(np.mean(epoch_seconds)),
+        "wall_s": time.perf_counter() - started,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "catalog_params": catalog_params(model, model.n_items),
+        "n_items": model.n_items - 1,
+        **{f"valid_{k}": float(v) for k, v in trainer.best_valid_result.items()},
+    }
+    if not evaluate_test:
+        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return row
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
 
     item_field = config["ITEM_ID_FIELD"]
     targets, ranks = target_ranks(trainer, test_data)
     seen = training_items(train_data._dataset, item_field, item_field + config["LIST_SUFFIX"])
     unseen = np.array([item not in seen for item in targets.tolist()], dtype=bool)
-    row = {
-        "model": model_name,
-        "dataset": dataset,
-        "seed": seed,
-        "epochs_run": len(epoch_seconds),
-        "s_per_epoch": float(np.mean(epoch_seconds)),
-        "wall_s": wall,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "catalog_params": catalog_params(model, model.n_items),
-        "n_items": model.n_items - 1,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "scoring_users_per_s": scoring_throughput(model, test_data, config["device"]),
-        "test_users": len(ranks),
-        **{f"test_{k}": v for k, v in ranking_metrics(ranks).items()},
-        "recbole_test_ndcg@10": float(test_result["ndcg@10"]),
-        "unseen_test_users": int(unseen.sum()),
-        **{f"unseen_{k}": v for k, v in ranking_metrics(ranks[unseen]).items()},
-    }
+    row.update(
+        {
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "scoring_users_per_s": scoring_throughput(model, test_data, config["device"]),
+            "test_users": len(ranks),
+            **{f"test_{k}": v for k, v in ranking_metrics(ranks).items()},
+            "recbole_test_ndcg@10": float(test_result["ndcg@10"]),
+            "unseen_test_users": int(unseen.sum()),
+            **{f"unseen_{k}": v for k, v in ranking_metrics(ranks[unseen]).items()},
+        }
+    )
     if cold_items is not None:
         id_of = {token: i for i, token in enumerate(train_data._dataset.field2id_token[item_field])}
         cold = np.isin(targets, [id_of[t] for t in cold_items if t in id_of])
