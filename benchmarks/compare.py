@@ -88,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cold-start", action="store_true", help="also run the held-out-items cold start")
     parser.add_argument("--cold-fraction", type=float, default=0.1)
     parser.add_argument("--force", action="store_true", help="rerun finished runs")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads per run (default: all cores); 1 to run two comparisons at once",
+    )
     return parser.parse_args(argv)
 
 
@@ -118,7 +123,7 @@ def planned_runs(args, datasets: list[tuple[DatasetSpec, set[str] | None]]) -> l
     ]
 
 
-def execute(run: dict, settings: dict, out: Path, label: str) -> dict:
+def execute(run: dict, settings: dict, out: Path, label: str, threads: int | None) -> dict:
     """Run in a fresh spawned process (a progress line per epoch); return its result row."""
     spec: DatasetSpec = run["dataset"]
     context = multiprocessing.get_context("spawn")
@@ -133,6 +138,7 @@ def execute(run: dict, settings: dict, out: Path, label: str) -> dict:
             out / "checkpoints",
             run["cold_items"],
             progress=label,
+            threads=threads,
         )
         return future.result()
 
@@ -146,7 +152,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def markdown(summary: pd.DataFrame, settings: dict) -> str:
+def markdown(summary: pd.DataFrame, settings: dict, threads: int | None = None) -> str:
     def cell(row, column, digits=4):
         if column not in row or pd.isna(row[column]):
             return ""
@@ -203,6 +209,8 @@ def markdown(summary: pd.DataFrame, settings: dict) -> str:
         "```yaml",
         yaml.safe_dump(settings, sort_keys=False).strip(),
         "```",
+        "",
+        f"torch CPU threads per run: {threads or 'all cores'}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -239,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         start = time.perf_counter()
         try:
-            row = execute(run, settings, args.out, label)
+            row = execute(run, settings, args.out, label, args.threads)
         except Exception as error:  # one failing run must not lose the others
             failed += 1
             print(f"{label}: FAILED: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
@@ -258,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.to_csv(args.out / "results.csv", index=False)
     summary = summarize(rows)
     summary.to_csv(args.out / "summary.csv", index=False)
-    table = markdown(summary, settings)
+    table = markdown(summary, settings, args.threads)
     (args.out / "results.md").write_text(table)
     plot(summary, args.out / "results.png")
     print(table)

@@ -104,14 +104,18 @@ def run_one(
     cold_items: set[str] | None = None,
     evaluate_test: bool = True,
     progress: str | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Train and evaluate one model; return one result row.
 
     Metrics are prefixed ``valid_`` (the best epoch's, as early stopping saw them), ``test_``,
     ``unseen_`` and ``cold_``. With ``evaluate_test=False`` (tuning) the test split is never
     scored and the row holds training costs and ``valid_`` metrics only. With ``progress`` (a
-    label), one line per epoch is printed: valid score, train loss and seconds.
+    label), one line per epoch is printed: valid score and training seconds. ``threads`` caps
+    torch's CPU threads (default: torch's own choice, all cores).
     """
+    if threads:
+        torch.set_num_threads(threads)
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_logger, init_seed

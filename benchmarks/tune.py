@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=1, help="candidates trained at once (CPU threads split)"
     )
+    parser.add_argument("--threads", type=int, help="torch threads per candidate (default: cores / workers)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where converted datasets live")
     parser.add_argument("--unisrec-dir", type=Path, default=DEFAULT_UNISREC_DIR)
     parser.add_argument("--force", action="store_true", help="rerun finished candidates")
@@ -68,9 +69,6 @@ def load_grid(path: Path) -> dict:
 
 def tune_one(name: str, model: str, spec, settings: dict, threads: int, checkpoint_dir: Path) -> dict:
     """One candidate in this (spawned) process, with ``threads`` torch threads."""
-    import torch
-
-    torch.set_num_threads(threads)
     return run_one(
         model,
         spec.name,
@@ -80,6 +78,7 @@ def tune_one(name: str, model: str, spec, settings: dict, threads: int, checkpoi
         checkpoint_dir,
         evaluate_test=False,
         progress=f"{name}:",
+        threads=threads,
     )
 
 
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.only or name in args.only
     }
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     todo = {
         name: overrides
         for name, overrides in candidates.items()
