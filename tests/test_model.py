@@ -19,7 +19,7 @@ def test_loss_is_finite_scalar_and_trains_only_the_model(loss_type, all_position
     loss = model.calculate_loss(make_batch(N_ITEMS))
     assert loss.shape == () and torch.isfinite(loss)
     loss.backward()
-    assert model.item_tower.net.weight.grad is not None
+    assert model.item_tower.output_layer.weight.grad is not None
     assert all(p.grad is not None for p in model.blocks.parameters())
     assert not model.item_features.requires_grad
 
@@ -113,7 +113,8 @@ def test_all_positions_targets_are_the_next_items():
 
 
 def test_sampled_softmax_matches_hand_computation_with_logq():
-    model = make_srt(N_ITEMS, loss_type="SSM", neg_sample_num=7).eval()  # no dropout: same RNG draws
+    # eval (no dropout): the same RNG draws below; dot: the hand computation is for plain logits
+    model = make_srt(N_ITEMS, loss_type="SSM", neg_sample_num=7, similarity="dot").eval()
     batch = make_batch(N_ITEMS)
     torch.manual_seed(123)
     loss = model.calculate_loss(batch)
@@ -176,7 +177,7 @@ def test_bf16_autocast_on_cpu(loss_type):
         loss = model.calculate_loss(make_batch(N_ITEMS))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
-    assert torch.isfinite(model.item_tower.net.weight.grad).all()
+    assert torch.isfinite(model.item_tower.output_layer.weight.grad).all()
 
 
 def test_bad_configuration_is_a_clear_error():
@@ -217,6 +218,7 @@ def test_initial_loss_is_near_uniform_for_any_width(projection, hidden_size):
         n_heads=4,
         projection=projection,
         standardize_item_features=True,
+        similarity="dot",  # cosine logits are bounded by 1 / temperature whatever the init
     ).eval()
     with torch.no_grad():
         loss = model.calculate_loss(make_batch(n_items, batch_size=64))
