@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     grid = load_grid(args.grid)
     spec = resolve_dataset(grid["dataset"], args.data_dir, args.unisrec_dir)
     base = {**SHARED_SETTINGS, **(grid.get("settings") or {}), "data_path": str(spec.data_path)}
+    unknown = sorted(set(args.only or []) - set(grid["candidates"]))
+    if unknown:
+        raise SystemExit(f"--only: no such candidates in {args.grid}: {unknown}")
     candidates = {
         name: overrides or {}
         for name, overrides in grid["candidates"].items()
@@ -162,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-    finished = [args.out / "runs" / f"{name}.json" for name in candidates]
+    # the table covers every finished candidate of the grid, also those an --only run skipped
+    finished = [args.out / "runs" / f"{name}.json" for name in grid["candidates"]]
     rows = pd.DataFrame([json.loads(f.read_text()) for f in finished if f.is_file()])
     if rows.empty:
         print("no finished candidates", file=sys.stderr)

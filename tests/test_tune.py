@@ -53,5 +53,8 @@ def test_tune_ranks_candidates_on_valid_and_never_scores_test(tmp_path, capsys):
     assert (out / "tune.png").stat().st_size > 0 and "cosine" in (out / "tune.md").read_text()
 
     capsys.readouterr()
-    assert tune.main(argv) == 0
-    assert "2 of 2 candidates done earlier" in capsys.readouterr().out
+    assert tune.main([*argv, "--only", "dot"]) == 0
+    assert "1 of 1 candidates done earlier" in capsys.readouterr().out
+    assert len(pd.read_csv(out / "tune.csv")) == 2  # the table still covers the whole grid
+    with pytest.raises(SystemExit, match="no such candidates"):
+        tune.main([*argv, "--only", "cosin"])
