@@ -40,7 +40,9 @@ def hand_count_one_layer_srt(batch: dict) -> int:
 
 
 def test_measured_flops_match_the_hand_count_on_a_one_layer_srt():
-    model = make_srt(N_ITEMS, FEAT, n_layers=1, hidden_size=D, inner_size=INNER, n_heads=2)
+    model = make_srt(
+        N_ITEMS, FEAT, n_layers=1, hidden_size=D, inner_size=INNER, n_heads=2, projection="linear"
+    )
     batch = make_batch(N_ITEMS, batch_size=B, max_len=L)
     # Tolerance 0: FlopCounterMode and the hand count both count exactly the matrix products
     # (2 m n k each) and nothing element-wise, so they must agree to the FLOP.
@@ -74,10 +76,13 @@ def test_measuring_leaves_the_model_and_rng_untouched():
 
 def test_flops_grow_with_depth_and_the_logit_matmul_with_the_catalog():
     batch = make_batch(N_ITEMS)
-    one, two = (training_step_flops(make_srt(N_ITEMS, FEAT, n_layers=n), batch) for n in (1, 2))
-    bigger_catalog = training_step_flops(make_srt(2 * N_ITEMS, FEAT, n_layers=1), batch)
+    one, two = (
+        training_step_flops(make_srt(N_ITEMS, FEAT, n_layers=n, projection="linear"), batch) for n in (1, 2)
+    )
+    bigger_catalog = training_step_flops(make_srt(2 * N_ITEMS, FEAT, n_layers=1, projection="linear"), batch)
     assert two > one
-    # Catalog doubles: tower over the catalog (fwd + weight grad) and logits (fwd + 2 grads) grow.
+    # Catalog doubles: the linear tower over the catalog (fwd + weight grad) and logits (fwd + 2
+    # grads) grow.
     assert bigger_catalog - one == 2 * mm(N_ITEMS, D, FEAT) + 3 * mm(B, N_ITEMS, D)
 
 
