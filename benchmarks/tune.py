@@ -67,21 +67,6 @@ def load_grid(path: Path) -> dict:
     return grid
 
 
-def tune_one(name: str, model: str, spec, settings: dict, threads: int, checkpoint_dir: Path) -> dict:
-    """One candidate in this (spawned) process, with ``threads`` torch threads."""
-    return run_one(
-        model,
-        spec.name,
-        spec.config_files,
-        settings,
-        SEED,
-        checkpoint_dir,
-        evaluate_test=False,
-        progress=f"{name}:",
-        threads=threads,
-    )
-
-
 def table(rows: pd.DataFrame) -> str:
     header = [
         "candidate",
@@ -139,13 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
         started = {
             pool.submit(
-                tune_one,
-                name,
+                run_one,
                 grid["model"],
-                spec,
+                spec.name,
+                spec.config_files,
                 {**base, **overrides},
-                threads,
+                SEED,
                 args.out / "checkpoints" / name,
+                evaluate_test=False,
+                progress=f"{name}:",
+                threads=threads,
             ): (name, time.perf_counter())
             for name, overrides in todo.items()
         }
