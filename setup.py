@@ -12,7 +12,14 @@ setup(
     long_description_content_type="text/markdown",
     # ray 2.6.3 (RecBole's own pin is ray<=2.6.3) ships no wheels for Python >= 3.12.
     python_requires=">=3.11,<3.12",
-    packages=["recbole_srt", "recbole_srt.model", "recbole_srt.properties", "dataset_prep", "benchmarks"],
+    # benchmarks/ holds scripts run from a clone, not an installed package.
+    packages=[
+        "recbole_srt",
+        "recbole_srt.model",
+        "recbole_srt.analysis",
+        "recbole_srt.properties",
+        "dataset_prep",
+    ],
     # The YAML defaults live in the top-level properties/ folder; they install as recbole_srt.properties.
     package_dir={"recbole_srt.properties": "properties"},
     package_data={"recbole_srt.properties": ["*.yaml", "*/*.yaml"]},

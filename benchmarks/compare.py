@@ -1,21 +1,24 @@
-"""SRT vs RecBole's SASRec and BERT4Rec: same data, same protocol, one command.
+"""SRT vs RecBole's SASRec and BERT4Rec: same data, same protocol, one command; also the tuner.
 
-    python benchmarks/compare.py --dataset scientific --models SRT SASRec BERT4Rec --seeds 3 --out results/
+    python benchmarks/compare.py --dataset scientific --unisrec-dir ../shared/data/scientific-unisrec \
+        --models SRT SASRec BERT4Rec --seeds 3 --out results/compare [--MAX_ITEM_LIST_LENGTH=20 ...]
+    python benchmarks/compare.py --dataset scientific --grid benchmarks/grids/scientific.yaml \
+        --split valid --seeds 1 --workers 2 --out results/tune
 
-Every model trains on the same atomic files with the same protocol: leave-one-out, time-ordered,
-full ranking (no sampled negatives), and the shared settings below (sequence length, batch size,
-epoch budget, early stopping on valid NDCG@10). Each model otherwise keeps its own RecBole YAML
-defaults (SRT: ``properties/model/SRT.yaml``). Each (dataset, model, seed) runs in a fresh
-process (for an honest peak RSS) and is saved as ``OUT/runs/<dataset>__<model>__seed<s>.json``.
-A rerun skips finished runs unless ``--force``.
+Every run is :func:`recbole_srt.pipeline.run` on the same atomic files with the same protocol:
+leave-one-out, time-ordered, full ranking, and :data:`SHARED_SETTINGS` (``--key=value`` changes one
+for every model). Each model otherwise keeps its own YAML defaults. Each (dataset, model or
+candidate, seed) runs in a fresh process (for an honest peak RSS) and is saved as
+``OUT/runs/<dataset>__<label>__seed<s>.json``; a rerun skips finished runs unless ``--force``.
 
-Outputs in ``OUT``: ``results.csv`` (one row per run), ``summary.csv`` and ``results.md``
-(mean ± std over seeds, plus the settings used), ``results.png``.
+``--split test`` (default) reports test metrics of the best-on-valid epoch, the natural unseen slice
+(test targets absent from training) and, with ``--cold-start``, a held-out-items slice
+(:func:`hold_out_items`). ``--split valid`` is for choosing settings: the test split is never
+scored. ``--grid FILE`` runs named candidates (config overrides) of one model instead of
+``--models``; the winner of a valid-split grid is what a model's defaults should be.
 
-``--cold-start`` adds a second dataset derived by :func:`compare_data.hold_out_items` (a random
-``--cold-fraction`` of items removed from all training and validation sequences, kept only as
-users' last, test, interaction) and reports every model on the test users whose target is one
-of those items. Every run also reports the natural slice: test targets absent from training.
+Outputs in ``OUT``: ``results.csv`` (a row per run), ``summary.csv`` and ``results.md`` (mean ± std
+over seeds, the settings used), ``results.png``.
 """
 
 from __future__ import annotations
@@ -23,17 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
+import random
+import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pandas as pd
+import torch
 import yaml
-
-from benchmarks.compare_data import DEFAULT_UNISREC_DIR, DatasetSpec, hold_out_items, resolve_dataset
-from benchmarks.compare_run import run_one
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -52,175 +58,267 @@ SHARED_SETTINGS = {
     "show_progress": False,
     "state": "WARNING",
 }
-REPORTED = ["test_recall@10", "test_recall@20", "test_ndcg@10", "test_ndcg@20", "test_mrr@10"]
-COLD = [
-    "cold_test_users",
-    "cold_recall@10",
-    "cold_ndcg@10",
-    "unseen_test_users",
-    "unseen_recall@10",
-    "unseen_ndcg@10",
-]
-COSTS = ["trainable_params", "catalog_params", "s_per_epoch", "peak_rss_mb", "scoring_users_per_s"]
+PROTOCOL_KEYS = ("topk", "metrics", "eval_args")
+METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10"]
+KS = (10, 20)
+SLICES = ["unseen_test_users", "unseen_recall@10", "unseen_ndcg@10", "cold_test_users", "cold_recall@10",
+          "cold_ndcg@10"]  # fmt: skip
+COSTS = ["params_trainable", "params_catalog", "s_per_epoch", "peak_rss_mb", "scoring_users_per_s"]
+ML_100K_LOAD_COL = {"inter": ["user_id", "item_id", "rating", "timestamp"]}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Compare SRT with RecBole baselines on one protocol.")
-    parser.add_argument("--dataset", default="ml-100k", help="ml-100k, scientific, or a converted dataset")
-    parser.add_argument("--models", nargs="+", default=["SRT", "SASRec", "BERT4Rec"])
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (2020, 2021, ...)")
-    parser.add_argument("--out", type=Path, default=Path("results/compare"))
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where converted datasets live")
-    parser.add_argument(
-        "--unisrec-dir",
-        type=Path,
-        default=DEFAULT_UNISREC_DIR,
-        help="UniSRec files imported when --dataset scientific is not converted yet",
+# --- datasets -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A RecBole dataset: ``data_path/name/name.{inter,item}`` and the YAMLs to read it with."""
+
+    name: str
+    data_path: Path
+    config_files: list[str]
+
+    @property
+    def folder(self) -> Path:
+        return self.data_path / self.name
+
+
+def resolve_dataset(name: str, data_dir: Path, unisrec_dir: Path | None = None) -> DatasetSpec:
+    """RecBole's bundled ml-100k, a dataset ``srt-prep`` wrote under ``data_dir``, or a UniSRec import."""
+    if name == "ml-100k":
+        import recbole
+
+        return DatasetSpec(name, Path(recbole.__file__).parent / "dataset_example", [])
+    yaml_file = data_dir / name / f"{name}.yaml"
+    if not yaml_file.is_file() and unisrec_dir is not None:
+        from dataset_prep.unisrec import import_unisrec
+
+        import_unisrec(unisrec_dir, name, data_dir, prefix=None, max_seq_len=50)
+    if not yaml_file.is_file():
+        raise SystemExit(
+            f"no dataset {name!r}: expected {yaml_file}. Convert it first ('srt-prep convert ... --output "
+            f"{data_dir} --name {name}'), or pass --unisrec-dir with UniSRec's pre-split files"
+        )
+    return DatasetSpec(name, data_dir, [str(yaml_file)])
+
+
+def _read_atomic(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+def hold_out_items(
+    spec: DatasetSpec, fraction: float, seed: int, out_dir: Path
+) -> tuple[DatasetSpec, set[str]]:
+    """Write ``<name>-cold<pct>``: a random ``fraction`` of items kept only as users' last interaction.
+
+    Under leave-one-out those items are test targets that never occur in training or validation
+    sequences. Returns the derived dataset and the held-out item tokens; users left with fewer than
+    three interactions (too few for a train/valid/test split) are dropped.
+    """
+    from dataset_prep.atomic import Staging, write_yaml
+
+    name = f"{spec.name}-cold{round(fraction * 100)}"
+    folder = out_dir / name
+    inter = _read_atomic(spec.folder / f"{spec.name}.inter")
+    user, item, stamp = (
+        next(c for c in inter.columns if c.startswith(f"{f}:")) for f in ("user_id", "item_id", "timestamp")
     )
-    parser.add_argument("--epochs", type=int, help=f"epoch budget (default {SHARED_SETTINGS['epochs']})")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="another shared setting for every model (YAML value), e.g. --set hidden_size=128",
-    )
-    parser.add_argument("--cold-start", action="store_true", help="also run the held-out-items cold start")
-    parser.add_argument("--cold-fraction", type=float, default=0.1)
-    parser.add_argument("--force", action="store_true", help="rerun finished runs")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads per run (default: all cores); 1 to run two comparisons at once",
-    )
-    return parser.parse_args(argv)
+    inter["_t"] = inter[stamp].astype(float)
+    inter = inter.sort_values([user, "_t"], kind="stable")
+    items = sorted(inter[item].unique())
+    held_out = set(random.Random(seed).sample(items, max(1, round(fraction * len(items)))))
+    is_last = ~inter.duplicated(user, keep="last")
+    kept = inter[~inter[item].isin(held_out) | is_last]
+    kept = kept[kept.groupby(user)[user].transform("size") >= 3].drop(columns="_t")
+
+    config = yaml.safe_load(Path(spec.config_files[0]).read_text()) if spec.config_files else {}
+    config = {**config, "load_col": config.get("load_col", ML_100K_LOAD_COL), "data_path": str(out_dir)}
+    with Staging(folder) as staging:
+        kept.to_csv(staging.path(f"{name}.inter"), sep="\t", index=False)
+        shutil.copyfile(spec.folder / f"{spec.name}.item", staging.path(f"{name}.item"))
+        write_yaml(staging.path(f"{name}.yaml"), config)
+        staging.commit()
+    return DatasetSpec(name, out_dir, [str(folder / f"{name}.yaml")]), held_out
 
 
-def shared_settings(args: argparse.Namespace) -> dict:
-    settings = dict(SHARED_SETTINGS)
-    if args.epochs is not None:
-        settings["epochs"] = args.epochs
-    for assignment in args.set:
-        key, _, value = assignment.partition("=")
-        if key in ("topk", "metrics", "eval_args"):
-            raise SystemExit(f"--set {key}: fixed by the protocol (full ranking, metrics at 10 and 20)")
-        settings[key] = yaml.safe_load(value)
-    return settings
+# --- one run (in its own process) -------------------------------------------------------------
 
 
-def planned_runs(args, datasets: list[tuple[DatasetSpec, set[str] | None]]) -> list[dict]:
+def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """Leave-one-out metrics from 0-based ranks of each user's single target item."""
+    if len(ranks) == 0:
+        return {}
+    metrics = {}
+    for k in KS:
+        hit = ranks < k
+        metrics[f"recall@{k}"] = float(hit.mean())
+        metrics[f"ndcg@{k}"] = float(np.where(hit, 1 / np.log2(ranks + 2), 0).mean())
+    metrics["mrr@10"] = float(np.where(ranks < 10, 1 / (ranks + 1), 0).mean())
+    return metrics
+
+
+def target_ranks(trainer, test_data) -> tuple[np.ndarray, np.ndarray]:
+    """Target item id and its 0-based rank for every test user, exactly as RecBole's evaluator ranks.
+
+    Scores come from ``Trainer._full_sort_batch_eval`` (padding and history masked) and the ranking
+    from ``torch.topk(max(KS))`` as RecBole's evaluator does with ``topk: [10, 20]``, so tied scores
+    (SRT gives items with identical text identical scores) are broken the same way. A target outside
+    the top ``max(KS)`` gets rank ``max(KS)``.
+    """
+    depth = max(KS)
+    items, ranks = [], []
+    trainer.model.eval()
+    with torch.no_grad():
+        for batched_data in test_data:
+            _, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batched_data)
+            top = torch.topk(scores[positive_u], min(depth, scores.shape[1]), dim=-1).indices
+            hit = top == positive_i.to(top.device).unsqueeze(1)
+            missed = torch.full_like(hit[:, 0], depth, dtype=torch.long)
+            ranks.append(torch.where(hit.any(1), hit.float().argmax(1), missed).cpu().numpy())
+            items.append(positive_i.cpu().numpy())
+    return np.concatenate(items), np.concatenate(ranks)
+
+
+def scoring_throughput(model, test_data, device) -> float:
+    """Users per second of ``full_sort_predict`` over the test users (no grad, eval mode)."""
+    model.eval()
+    users, start = 0, time.perf_counter()
+    with torch.no_grad():
+        for interaction, *_ in test_data:
+            model.full_sort_predict(interaction.to(device))
+            users += len(interaction)
+    return users / (time.perf_counter() - start)
+
+
+def slice_metrics(result, cold_items: set[str] | None) -> dict:
+    """Scoring speed, the whole test set ranked by hand (a check), the unseen and cold slices."""
+    config, train = result.config, result.train_data._dataset
+    item_field = config["ITEM_ID_FIELD"]
+    targets, ranks = target_ranks(result.trainer, result.test_data)
+    inter = train.inter_feat
+    seen = set(inter[item_field].tolist()) | set(inter[item_field + config["LIST_SUFFIX"]].flatten().tolist())
+    unseen = np.array([item not in seen for item in targets.tolist()], dtype=bool)
+    row = {
+        "scoring_users_per_s": scoring_throughput(result.model, result.test_data, config["device"]),
+        "ranked_test_ndcg@10": ranking_metrics(ranks)["ndcg@10"],
+        "unseen_test_users": int(unseen.sum()),
+        **{f"unseen_{k}": v for k, v in ranking_metrics(ranks[unseen]).items()},
+    }
+    if cold_items is not None:
+        id_of = {token: i for i, token in enumerate(train.field2id_token[item_field])}
+        cold = np.isin(targets, [id_of[t] for t in cold_items if t in id_of])
+        row["cold_test_users"] = int(cold.sum())
+        row.update({f"cold_{k}": v for k, v in ranking_metrics(ranks[cold]).items()})
+    return row
+
+
+def run_one(job: dict, threads: int | None) -> dict:
+    """Train and evaluate one job of :func:`planned_runs`; one result row. Prints a line per epoch."""
+    if threads:
+        torch.set_num_threads(threads)
+    from recbole_srt.pipeline import make_config, run
+
+    spec: DatasetSpec = job["dataset"]
+    settings = {**job["settings"], "seed": job["seed"], "data_path": str(spec.data_path)}
+    config = make_config(job["model"], spec.name, spec.config_files, settings)
+
+    def progress(result, stats) -> None:
+        print(f"{job['label_line']} epoch {stats.epoch + 1}: valid {config['valid_metric']} "
+              f"{stats.valid_score:.4f}, {stats.train_seconds:.0f} s training", flush=True)  # fmt: skip
+
+    test = job["split"] == "test"
+    result = run(config, evaluate_test=test, on_epoch=progress)
+    row = {"label": job["label"], "overrides": job["overrides"], **result.record.to_dict()}
+    if test:
+        row.update(slice_metrics(result, job["cold_items"]))
+    return row
+
+
+# --- the plan and the tables ---------------------------------------------------------------------
+
+
+def candidates(args: argparse.Namespace) -> tuple[dict[str, tuple[str, dict]], dict]:
+    """``label -> (model, overrides)`` and the grid's shared settings (``{}`` without ``--grid``)."""
+    if args.grid is None:
+        return {model: (model, {}) for model in args.models}, {}
+    grid = yaml.safe_load(args.grid.read_text()) or {}
+    missing = {"model", "candidates"} - set(grid)
+    if missing:
+        raise SystemExit(f"{args.grid}: missing {sorted(missing)}")
+    labels = {name: (grid["model"], overrides or {}) for name, overrides in grid["candidates"].items()}
+    return labels, grid.get("settings") or {}
+
+
+def planned_runs(args, datasets, labels: dict, settings: dict) -> list[dict]:
     return [
         {
             "dataset": spec,
             "cold_items": cold,
+            "label": label,
             "model": model,
+            "overrides": overrides,
+            "settings": {**settings, **overrides, "checkpoint_dir": str(args.out / "checkpoints")},
+            "split": args.split,
             "seed": 2020 + i,
-            "file": args.out / "runs" / f"{spec.name}__{model}__seed{2020 + i}.json",
+            "file": args.out / "runs" / f"{spec.name}__{label}__seed{2020 + i}.json",
         }
         for spec, cold in datasets
-        for model in args.models
+        for label, (model, overrides) in labels.items()
         for i in range(args.seeds)
     ]
 
 
-def execute(run: dict, settings: dict, out: Path, label: str, threads: int | None) -> dict:
-    """Run in a fresh spawned process (a progress line per epoch); return its result row."""
-    spec: DatasetSpec = run["dataset"]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        future = pool.submit(
-            run_one,
-            run["model"],
-            spec.name,
-            spec.config_files,
-            {**settings, "data_path": str(spec.data_path)},
-            run["seed"],
-            out / "checkpoints",
-            run["cold_items"],
-            progress=label,
-            threads=threads,
-        )
-        return future.result()
-
-
-def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per (dataset, model)."""
-    metrics = [c for c in REPORTED + COLD + COSTS if c in rows]
-    grouped = rows.groupby(["dataset", "model"], sort=False)[metrics]
+def summarize(rows: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Mean and std over seeds per (dataset, label), best first for a valid-split grid."""
+    columns = [c for c in [f"{split}_{m}" for m in METRICS] + SLICES + COSTS + ["best_epoch"] if c in rows]
+    grouped = rows.groupby(["dataset", "label"], sort=False)[columns]
     summary = grouped.mean().join(grouped.std(ddof=0), rsuffix="_std")
-    summary["seeds"] = rows.groupby(["dataset", "model"], sort=False).size()
-    return summary.reset_index()
+    summary["seeds"] = rows.groupby(["dataset", "label"], sort=False).size()
+    summary = summary.reset_index()
+    if split == "valid":
+        summary = summary.sort_values(f"valid_{METRICS[2]}", ascending=False, kind="stable")
+    return summary
 
 
-def markdown(summary: pd.DataFrame, settings: dict, threads: int | None = None) -> str:
-    def cell(row, column, digits=4):
-        if column not in row or pd.isna(row[column]):
-            return ""
-        std = row.get(f"{column}_std")
-        return (
-            f"{row[column]:.{digits}f} ± {std:.{digits}f}" if pd.notna(std) else f"{row[column]:.{digits}f}"
-        )
-
-    header = [
-        "dataset",
-        "model",
-        "seeds",
-        *[c.removeprefix("test_") for c in REPORTED],
-        "trainable params",
-        "catalog params",
-        "s/epoch",
-        "peak RSS MB",
-        "users/s",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in summary.iterrows():
-        costs = [
-            f"{row['trainable_params']:,.0f}",
-            f"{row['catalog_params']:,.0f}",
-            f"{row['s_per_epoch']:.1f}",
-            f"{row['peak_rss_mb']:.0f}",
-            f"{row['scoring_users_per_s']:,.0f}",
-        ]
-        lines.append(
-            "| "
-            + " | ".join(
-                [row["dataset"], row["model"], str(row["seeds"]), *[cell(row, c) for c in REPORTED], *costs]
-            )
-            + " |"
-        )
-    cold_rows = summary.dropna(subset=["cold_ndcg@10"]) if "cold_ndcg@10" in summary else summary.iloc[:0]
-    if len(cold_rows):
-        lines += [
-            "",
-            "Cold start (test targets held out of all training and validation sequences):",
-            "",
-            "| dataset | model | cold test users | recall@10 | ndcg@10 |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['dataset']} | {r['model']} | {r['cold_test_users']:.0f} | {cell(r, 'cold_recall@10')} "
-            f"| {cell(r, 'cold_ndcg@10')} |"
-            for _, r in cold_rows.iterrows()
-        ]
-    lines += [
-        "",
-        "Shared settings (every model; otherwise each model's own RecBole YAML defaults):",
-        "",
-        "```yaml",
-        yaml.safe_dump(settings, sort_keys=False).strip(),
-        "```",
-        "",
-        f"torch CPU threads per run: {threads or 'all cores'}.",
-    ]
-    return "\n".join(lines) + "\n"
+def _mean_std(summary: pd.DataFrame, column: str) -> pd.Series:
+    std = summary.get(f"{column}_std")
+    if std is None or not std.fillna(0).any():
+        return summary[column].map("{:.4f}".format)
+    return summary[column].map("{:.4f}".format) + " ± " + std.map("{:.4f}".format)
 
 
-def plot(summary: pd.DataFrame, path: Path) -> None:
-    metrics = [m for m in ["test_ndcg@10", "test_recall@10", "cold_ndcg@10"] if m in summary]
+def markdown(summary: pd.DataFrame, split: str, settings: dict, threads: int | None) -> str:
+    table = summary[["dataset", "label", "seeds"]].copy()
+    for metric in METRICS:
+        table[metric] = _mean_std(summary, f"{split}_{metric}")
+    table["trainable params"] = summary["params_trainable"].map("{:,.0f}".format)
+    table["catalog params"] = summary["params_catalog"].map("{:,.0f}".format)
+    table["s/epoch"] = summary["s_per_epoch"].map("{:.1f}".format)
+    table["peak RSS MB"] = summary["peak_rss_mb"].map("{:.0f}".format)
+    if "scoring_users_per_s" in summary:
+        table["users/s"] = summary["scoring_users_per_s"].map("{:,.0f}".format)
+    else:
+        table["best epoch"] = summary["best_epoch"].map("{:.1f}".format)
+    parts = [f"{split.capitalize()} split, best-on-valid epoch.", "", table.to_markdown(index=False)]
+    if "cold_ndcg@10" in summary and summary["cold_ndcg@10"].notna().any():
+        slices = summary.dropna(subset=["cold_ndcg@10"])
+        cold = slices[["dataset", "label", "cold_test_users"]].copy()
+        cold["recall@10"] = _mean_std(slices, "cold_recall@10")
+        cold["ndcg@10"] = _mean_std(slices, "cold_ndcg@10")
+        parts += ["", "Cold start (test targets held out of all training and validation sequences):", "",
+                  cold.to_markdown(index=False, floatfmt=".0f")]  # fmt: skip
+    parts += ["", "Shared settings (every model; otherwise each model's own YAML defaults):", "", "```yaml",
+              yaml.safe_dump(settings, sort_keys=False).strip(), "```", "",
+              f"torch CPU threads per run: {threads or 'all cores'}."]  # fmt: skip
+    return "\n".join(parts) + "\n"
+
+
+def plot(summary: pd.DataFrame, split: str, path: Path) -> None:
+    metrics = [m for m in [f"{split}_ndcg@10", f"{split}_recall@10", "cold_ndcg@10"] if m in summary]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         rows = summary.dropna(subset=[metric])
-        labels = [f"{r.model}\n{r.dataset}" for r in rows.itertuples()]
+        labels = [f"{r.label}\n{r.dataset}" for r in rows.itertuples()]
         ax.bar(labels, rows[metric], yerr=rows[f"{metric}_std"].fillna(0), capsize=4, color="tab:blue")
         ax.set_title(metric.replace("_", " "))
         ax.tick_params(axis="x", labelsize=7)
@@ -229,46 +327,103 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+# --- command line -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        description="Compare SRT with RecBole baselines on one protocol (or tune on valid).",
+        allow_abbrev=False,
+        epilog="Any other --key=value is a shared setting for every run, e.g. --MAX_ITEM_LIST_LENGTH=20.",
+    )
+    parser.add_argument(
+        "--dataset", default="ml-100k", help="ml-100k, or a dataset converted under --data-dir"
+    )
+    parser.add_argument("--models", nargs="+", default=["SRT", "SASRec", "BERT4Rec"])
+    parser.add_argument("--grid", type=Path, help="YAML: model, settings, candidates (instead of --models)")
+    parser.add_argument("--split", choices=("test", "valid"), default="test", help="valid: test never scored")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (2020, 2021, ...)")
+    parser.add_argument("--out", type=Path, default=Path("results/compare"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where converted datasets live")
+    parser.add_argument("--unisrec-dir", type=Path, help="UniSRec files to import the dataset from if needed")
+    parser.add_argument("--epochs", type=int, help=f"epoch budget (default {SHARED_SETTINGS['epochs']})")
+    parser.add_argument("--cold-start", action="store_true", help="also run the held-out-items cold start")
+    parser.add_argument("--cold-fraction", type=float, default=0.1)
+    parser.add_argument("--force", action="store_true", help="rerun finished runs")
+    parser.add_argument("--workers", type=int, default=1, help="runs at once (CPU threads split among them)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / workers)")
+    return parser.parse_known_args(argv)
+
+
+def shared_settings(args: argparse.Namespace, rest: list[str]) -> dict:
+    from recbole_srt.overrides import OverrideError, known_config_keys, parse_overrides
+
+    try:
+        overrides = parse_overrides(rest, known_config_keys())
+    except OverrideError as error:
+        raise SystemExit(f"compare: error: {error}") from None
+    fixed = sorted(set(overrides) & set(PROTOCOL_KEYS))
+    if fixed:
+        raise SystemExit(
+            f"compare: error: {fixed} are fixed by the protocol (full ranking, metrics at 10 and 20)"
+        )
+    settings = {**SHARED_SETTINGS, **overrides}
+    if args.epochs is not None:
+        settings["epochs"] = args.epochs
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    settings = shared_settings(args)
+    args, rest = parse_args(argv)
+    settings = shared_settings(args, rest)
+    labels, grid_settings = candidates(args)
+    settings = {**settings, **grid_settings}
     spec = resolve_dataset(args.dataset, args.data_dir, args.unisrec_dir)
     datasets = [(spec, None)]
     if args.cold_start:
         datasets.append(hold_out_items(spec, args.cold_fraction, seed=0, out_dir=args.out / "data"))
-    runs = planned_runs(args, datasets)
+    runs = planned_runs(args, datasets, labels, settings)
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
 
+    todo = []
+    for n, job in enumerate(runs, start=1):
+        job["label_line"] = f"[{n}/{len(runs)}] {job['dataset'].name} {job['label']} seed {job['seed']}"
+        if job["file"].is_file() and not args.force:
+            print(f"{job['label_line']}: done earlier, skipped ({job['file']})", flush=True)
+        else:
+            todo.append(job)
     failed = 0
-    for n, run in enumerate(runs, start=1):
-        label = f"[{n}/{len(runs)}] {run['dataset'].name} {run['model']} seed {run['seed']}"
-        if run["file"].is_file() and not args.force:
-            print(f"{label}: done earlier, skipped ({run['file']})", flush=True)
-            continue
-        start = time.perf_counter()
-        try:
-            row = execute(run, settings, args.out, label, args.threads)
-        except Exception as error:  # one failing run must not lose the others
-            failed += 1
-            print(f"{label}: FAILED: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
-            continue
-        run["file"].write_text(json.dumps(row, indent=2))
-        print(
-            f"{label}: NDCG@10 {row['test_ndcg@10']:.4f}, Recall@10 {row['test_recall@10']:.4f}, "
-            f"{row['epochs_run']} epochs, {time.perf_counter() - start:.0f} s",
-            flush=True,
-        )
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
+        started = {pool.submit(run_one, job, threads): (job, time.perf_counter()) for job in todo}
+        for future in as_completed(started):
+            job, start = started[future]
+            try:
+                row = future.result()
+            except Exception as error:  # one failing run must not lose the others
+                failed += 1
+                print(
+                    f"{job['label_line']}: FAILED: {type(error).__name__}: {error}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                continue
+            job["file"].write_text(json.dumps(row, indent=2))
+            metric = f"{args.split}_ndcg@10"
+            print(f"{job['label_line']}: {metric} {row[metric]:.4f}, {row['epochs_run']} epochs, "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
 
-    rows = pd.DataFrame([json.loads(r["file"].read_text()) for r in runs if r["file"].is_file()])
+    rows = pd.DataFrame([json.loads(job["file"].read_text()) for job in runs if job["file"].is_file()])
     if rows.empty:
         print("no finished runs", file=sys.stderr)
         return 1
     rows.to_csv(args.out / "results.csv", index=False)
-    summary = summarize(rows)
+    summary = summarize(rows, args.split)
     summary.to_csv(args.out / "summary.csv", index=False)
-    table = markdown(summary, settings, args.threads)
+    table = markdown(summary, args.split, settings, threads)
     (args.out / "results.md").write_text(table)
-    plot(summary, args.out / "results.png")
+    plot(summary, args.split, args.out / "results.png")
     print(table)
     return 1 if failed else 0
 

@@ -3,7 +3,7 @@
     python benchmarks/scaling.py --results results/sweep.parquet [--out DIR] [--loss-col valid_loss]
                                  [--bootstrap 200] [--holdout 1] [--seed 0]
 
-The table (CSV or Parquet) has one row per (trial, epoch); see ``REQUIRED_COLUMNS``. Per model it fits
+The table (CSV or Parquet) has one row per (trial, epoch); see ``EPOCH_COLUMNS``. Per model it fits
 
 * ``L(N) = E + A/N^alpha`` on each trial's best epoch (the epoch with the lowest loss), N being
   ``params_non_embedding``, using only the trials at the model's largest ``data_fraction`` (mixing
@@ -37,7 +37,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from benchmarks.scaling_law import (  # noqa: E402
+from recbole_srt.analysis import EPOCH_COLUMNS, json_ready  # noqa: E402
+from recbole_srt.analysis.scaling_law import (  # noqa: E402
     BootstrapResult,
     FitResult,
     bootstrap,
@@ -48,12 +49,6 @@ from benchmarks.scaling_law import (  # noqa: E402
     predict,
 )  # fmt: skip
 
-REQUIRED_COLUMNS = (
-    "trial_id", "model", "n_layers", "hidden_size", "data_fraction", "seed", "epoch",
-    "params_trainable", "params_non_embedding", "params_catalog", "train_tokens", "flops",
-    "train_loss", "valid_loss", "valid_ndcg@10", "valid_recall@10", "test_ndcg@10", "test_recall@10",
-    "wall_time_s", "is_best_epoch", "status",
-)  # fmt: skip
 N_COL, D_COL, C_COL = "params_non_embedding", "train_tokens", "flops"
 QUALITY_COL, TEST_QUALITY_COL = "valid_ndcg@10", "test_ndcg@10"
 MODEL_ORDER = ("SRT", "SASRec", "BERT4Rec")
@@ -79,10 +74,10 @@ def load_results(path: Path) -> pd.DataFrame:
         df = pd.read_parquet(path)
     else:
         raise ValueError(f"{path}: expected a .csv or .parquet file")
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    missing = [c for c in EPOCH_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")
-    numeric = [c for c in REQUIRED_COLUMNS if c not in ("trial_id", "model", "status", "is_best_epoch")]
+    numeric = [c for c in EPOCH_COLUMNS if c not in ("trial_id", "model", "status", "is_best_epoch")]
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")  # pd.NA / blanks -> NaN
     df["is_best_epoch"] = df["is_best_epoch"].astype(str).str.lower().isin(("true", "1"))
     df["trial_id"] = df["trial_id"].astype(str)
@@ -184,17 +179,6 @@ def analyse_model(df: pd.DataFrame, loss_col: str, args: argparse.Namespace) -> 
 # --- reporting ----------------------------------------------------------------------------------
 
 
-def _finite_or_none(value):
-    """Recursively replace NaN/inf by None so that the JSON is standard."""
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def fits_json(analyses: dict[str, dict], meta: dict) -> dict:
     models = {}
     for model, a in analyses.items():
@@ -217,7 +201,7 @@ def fits_json(analyses: dict[str, dict], meta: dict) -> dict:
             "frontier_fitted": a["frontier"].to_dict() if a["frontier"] else None,
             "frontier_fitted_skipped": a.get("frontier_skipped"),
         }
-    return _finite_or_none({**meta, "models": models})
+    return json_ready({**meta, "models": models})
 
 
 def _fmt(value: float) -> str:

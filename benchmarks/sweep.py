@@ -1,11 +1,11 @@
 """Scaling sweep: Ray Tune over model sizes x data fractions for SRT and its ID-based baselines.
 
     python benchmarks/sweep.py --config properties/sweep/smoke.yaml [--storage results]
-        [--name NAME] [--address ray://HOST:10001] [--resume | --overwrite] [--set key=value ...]
+        [--name NAME] [--address ray://HOST:10001] [--resume | --overwrite] [--key=value ...]
 
 The grid is ``models x n_layers x hidden_size x data_fractions x seeds`` (``per_model`` narrows or
 changes it per model); ``n_heads = max(1, hidden_size // head_dim)``, ``inner_size = ffn_ratio *
-hidden_size``. Each grid point is one Ray Tune trial running :func:`benchmarks.sweep_trial.run_trial`
+hidden_size``. Each grid point is one Ray Tune trial running :func:`recbole_srt.sweep.run_trial`
 with the preset's ``cpu``/``gpu`` (fractional GPUs pack several trials on one device; with no GPU in
 the cluster the sweep warns and runs on CPU instead of waiting forever). A failing trial is retried
 ``retries`` times from its last checkpoint, then recorded with status ``ERROR``; the sweep goes on.
@@ -44,7 +44,9 @@ from ray import air, tune  # noqa: E402
 from ray.tune.result import AUTO_RESULT_KEYS  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 
-from benchmarks.sweep_trial import run_trial  # noqa: E402
+from recbole_srt.analysis import EPOCH_COLUMNS, json_ready  # noqa: E402
+from recbole_srt.overrides import OverrideError, apply_overrides, parse_overrides  # noqa: E402
+from recbole_srt.sweep import run_trial  # noqa: E402
 
 DEFAULTS: dict = {
     "name": "sweep",
@@ -72,12 +74,6 @@ DEFAULTS: dict = {
 GRID_AXES = ("n_layers", "hidden_size", "data_fractions", "seeds")
 PER_MODEL_KEYS = (*GRID_AXES, "recbole")
 SPEC_COLUMNS = ("model", "n_layers", "hidden_size", "n_heads", "inner_size", "data_fraction", "seed")
-EPOCH_COLUMNS = (
-    "trial_id", "model", "n_layers", "hidden_size", "data_fraction", "seed", "epoch",
-    "params_trainable", "params_non_embedding", "params_catalog", "train_tokens", "flops",
-    "train_loss", "valid_loss", "valid_ndcg@10", "valid_recall@10", "test_ndcg@10", "test_recall@10",
-    "wall_time_s", "is_best_epoch", "status",
-)  # fmt: skip
 RAY_COLUMNS = {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_id", "experiment_tag", "should_checkpoint"}
 
 
@@ -95,26 +91,10 @@ def find_preset(config: str) -> Path:
     raise FileNotFoundError(f"no sweep preset {config!r} (neither a file nor a shipped preset name)")
 
 
-def apply_override(preset: dict, assignment: str) -> None:
-    """Apply one ``--set key=value`` (dotted keys reach nested dicts; the value is parsed as YAML)."""
-    key, sep, value = assignment.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set expects key=value, got {assignment!r}")
-    *parents, leaf = key.split(".")
-    target = preset
-    for part in parents:
-        target = target.setdefault(part, {})
-        if not isinstance(target, dict):
-            raise ValueError(f"--set {key}: {part} is not a mapping")
-    target[leaf] = yaml.safe_load(value)
-
-
-def load_preset(config: str, overrides: list[str]) -> dict:
-    """The preset YAML over :data:`DEFAULTS`, with ``--set`` overrides; unknown keys are errors."""
+def load_preset(config: str, overrides: dict) -> dict:
+    """The preset YAML over :data:`DEFAULTS`, with (dotted) ``overrides``; unknown keys are errors."""
     loaded = yaml.safe_load(find_preset(config).read_text()) or {}
-    preset = {**DEFAULTS, **loaded}
-    for assignment in overrides:
-        apply_override(preset, assignment)
+    preset = apply_overrides({**DEFAULTS, **loaded}, overrides)
     unknown = sorted(set(preset) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown preset keys {unknown}; known: {sorted(DEFAULTS)}")
@@ -337,18 +317,6 @@ def plot_valid_ndcg(epochs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item"):  # numpy scalars
-        return _json_ready(value.item())
-    return value
-
-
 def write_outputs(out: Path, epochs: pd.DataFrame, preset: dict) -> dict:
     """Write the tables, ``results.json`` and the plot to ``out``; return the JSON summary."""
     trials = summarise_trials(epochs)
@@ -382,7 +350,7 @@ def write_outputs(out: Path, epochs: pd.DataFrame, preset: dict) -> dict:
         "best_per_model": {row["model"]: {k: row[k] for k in keep} for _, row in best.iterrows()},
         "outputs": ["epochs.csv", "epochs.parquet", "trials.csv", "results.json", "sweep_valid_ndcg.png"],
     }
-    summary = _json_ready(summary)
+    summary = json_ready(summary)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -391,7 +359,12 @@ def write_outputs(out: Path, epochs: pd.DataFrame, preset: dict) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+        epilog="Any other --key=value overrides a preset key (YAML value; dotted keys reach nested ones), "
+        "e.g. --recbole.epochs=5 --hidden_size=[64,128].",
+    )
     p.add_argument("--config", required=True, help="preset YAML, or a shipped preset name (smoke, paper)")
     p.add_argument("--storage", type=Path, default=Path("results"), help="results root (default: ./results)")
     p.add_argument("--name", default=None, help="experiment name (default: the preset's name)")
@@ -399,16 +372,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the interrupted sweep at storage/name")
     mode.add_argument("--overwrite", action="store_true", help="delete storage/name first")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key (YAML value)"
-    )
-    return p.parse_args(argv)
+    args, rest = p.parse_known_args(argv)
+    try:
+        args.overrides = parse_overrides(rest, DEFAULTS)
+    except OverrideError as error:
+        p.error(str(error))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        preset = load_preset(args.config, args.set)
+        preset = load_preset(args.config, args.overrides)
     except (OSError, ValueError, yaml.YAMLError) as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2

@@ -1,75 +1,59 @@
 """Transfer benchmark: pre-train SRT on some categories, then measure it on a target dataset.
 
-    python benchmarks/transfer.py            # shared data: Magazine 2018 + Digital_Music 2014 -> Scientific
-    python benchmarks/transfer.py --pretrain-epochs 10 --epochs 5 --out results/transfer
+    python benchmarks/transfer.py --target-input ../shared/data/scientific-unisrec \
+        --category 2018:Magazine_Subscriptions --input ../shared/data/amazon2018-magazine-subscriptions \
+        --category 2014:Digital_Music:5core --input ../shared/data/amazon2014-digital-music-truncated \
+        [--pretrain-epochs 10 --epochs 4 --out results/transfer]
 
-1. data (cached under ``--work``): the target through ``srt-prep import-unisrec``, the pre-training
-   mix through ``srt-prep convert`` with the leakage guard ``--exclude-users-of`` the target's users;
+1. data (cached under ``--work``): the target through ``dataset_prep.unisrec.import_unisrec``, the
+   pre-training mix through ``dataset_prep.convert.convert`` with the leakage guard (the target's users
+   are excluded);
 2. pre-train SRT on the mix (``--pretrain-epochs``);
 3. on the target, with the same ``--epochs`` budget for every row: zero-shot (no update), each
-   fine-tuning strategy from the pre-trained weights, SRT from scratch and SASRec from scratch
-   (RecBole's, same width and depth).
+   fine-tuning strategy from the pre-trained weights (:func:`recbole_srt.finetune`), SRT from scratch
+   and SASRec from scratch (same width and depth).
 
-Every run is RecBole's Trainer and full-ranking evaluator: best epoch on valid NDCG@10, tested.
-Writes ``OUT/transfer.csv``, ``OUT/transfer.md`` (the table) and ``OUT/transfer_curve.png`` (valid
-NDCG@10 per target epoch; epoch 0 is the model before any target update).
+Every row is :func:`recbole_srt.pipeline.run`: full-ranking evaluation, best epoch on valid
+NDCG@10, tested. Writes ``OUT/transfer.csv``, ``OUT/transfer.md`` (the table) and
+``OUT/transfer_curve.png`` (valid NDCG@10 per target epoch; epoch 0 is the model before any update).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
 import matplotlib
 import pandas as pd
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, init_seed
 
-import recbole_srt  # noqa: F401  (registers SRT)
-from dataset_prep.cli import main as srt_prep
-from recbole_srt.serve import load_srt_checkpoint
-from recbole_srt.transfer import (
-    STRATEGIES,
-    RunResult,
-    Stage,
-    evaluate,
-    load_pretrained,
-    plan_stages,
-    train_stages,
-    transfer_config,
-)
+from dataset_prep import registry
+from dataset_prep.convert import ConvertOptions, convert
+from dataset_prep.unisrec import import_unisrec
+from recbole_srt import finetune, make_config, run
+from recbole_srt.transfer import STRATEGIES
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 logger = logging.getLogger("benchmarks.transfer")
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-PRETRAIN_CATEGORIES = ["2018:Magazine_Subscriptions", "2014:Digital_Music:5core"]
-PRETRAIN_INPUTS = [
-    SHARED / "amazon2018-magazine-subscriptions",
-    SHARED / "amazon2014-digital-music-truncated",
-]
 METRICS = ("recall@10", "ndcg@10")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument(
-        "--category", action="append", help=f"pre-training category (default {PRETRAIN_CATEGORIES})"
+        "--category", action="append", required=True, help="RELEASE:CATEGORY[:SOURCE] to pre-train on"
     )
-    p.add_argument("--input", action="append", type=Path, help="folders with the pre-training files")
+    p.add_argument("--input", action="append", type=Path, required=True, help="folders with those files")
     p.add_argument(
         "--min-inter", type=int, default=2, help="k-core of the pre-training mix (users and items)"
     )
-    p.add_argument("--target-input", type=Path, default=SHARED / "scientific-unisrec", help="UniSRec folder")
+    p.add_argument("--target-input", type=Path, required=True, help="UniSRec folder of the target")
     p.add_argument("--target", default="scientific", help="target dataset name")
     p.add_argument("--pretrain-epochs", type=int, default=10)
     p.add_argument("--epochs", type=int, default=4, help="target epochs of every fine-tuned or scratch row")
@@ -91,30 +75,17 @@ def prepare_data(args: argparse.Namespace) -> tuple[Path, Path, dict]:
     work = args.work.resolve()
     target_yaml = work / args.target / f"{args.target}.yaml"
     if not target_yaml.is_file():  # importing again would touch the guard's input and force a re-conversion
-        rc = srt_prep(
-            [
-                "import-unisrec",
-                "--input",
-                str(args.target_input),
-                "--name",
-                args.target,
-                "--output",
-                str(work),
-            ]
-        )
-        if rc:
-            raise SystemExit(rc)
-    convert = ["convert", "--name", "pretrain", "--output", str(work)]
-    for category in args.category or PRETRAIN_CATEGORIES:
-        convert += ["--category", category]
-    for folder in args.input or PRETRAIN_INPUTS:
-        convert += ["--input", str(folder)]
-    convert += ["--min-user-inter", str(args.min_inter), "--min-item-inter", str(args.min_inter)]
-    convert += ["--exclude-users-of", str(work / args.target / f"{args.target}.inter")]
-    rc = srt_prep(convert)
-    if rc:
-        raise SystemExit(rc)
-    report = json.loads((work / "pretrain" / "report.json").read_text())
+        import_unisrec(args.target_input, args.target, work, prefix=None, max_seq_len=50)
+    options = ConvertOptions(
+        entries=[registry.parse_entry(spec, None, None) for spec in args.category],
+        inputs=args.input,
+        output=work,
+        name="pretrain",
+        min_user_inter=args.min_inter,
+        min_item_inter=args.min_inter,
+        exclude_users_of=[work / args.target / f"{args.target}.inter"],
+    )
+    report = convert(options)
     return target_yaml, work / "pretrain" / "pretrain.yaml", report
 
 
@@ -139,72 +110,39 @@ def model_settings(args: argparse.Namespace) -> dict:
     }
 
 
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def row(name: str, init: str, trains: str, model, run: RunResult, start_valid: float) -> dict:
+def row(name: str, init: str, trains: str, record, zero_shot: bool = False) -> dict:
+    """One table row: the run's best-on-valid epoch, or (``zero_shot``) the weights before any update."""
+    start = record.zero_shot_valid["ndcg@10"]
+    valid, test = (
+        (record.zero_shot_valid, record.zero_shot_test) if zero_shot else (record.best_valid, record.test)
+    )
     return {
         "model": name,
         "init": init,
         "trains": trains,
-        "epochs": len(run.curve),
-        "parameters": n_params(model),
-        "valid_ndcg@10": run.best_valid["ndcg@10"],
-        **{f"test_{m}": run.test[m] for m in METRICS},
-        "seconds": round(run.seconds),
-        "curve": [start_valid, *run.curve],
+        "epochs": 0 if zero_shot else len(record.epochs),
+        "parameters": record.params.trainable,
+        "valid_ndcg@10": valid["ndcg@10"],
+        **{f"test_{m}": test[m] for m in METRICS},
+        "seconds": 0 if zero_shot else round(record.wall_s),
+        "curve": [start] if zero_shot else [start, *record.valid_curve],
     }
 
 
-def pretrain(args: argparse.Namespace, dataset_yaml: Path) -> RunResult:
-    config = Config(
-        model="SRT",
-        dataset="pretrain",
-        config_file_list=[str(dataset_yaml)],
-        config_dict={**model_settings(args), "epochs": args.pretrain_epochs},
-    )
-    init_seed(config["seed"], config["reproducibility"])
-    train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
-    model = get_model("SRT")(config, train_data._dataset)
-    stage = Stage("all", ("",), args.pretrain_epochs, args.learning_rate)
-    return train_stages(config, model, train_data, valid_data, test_data, [stage])
-
-
-def target_runs(args: argparse.Namespace, target_yaml: Path, checkpoint: str) -> list[dict]:
+def target_rows(args: argparse.Namespace, target_yaml: Path, checkpoint: str) -> list[dict]:
     """Zero-shot, every strategy, SRT and SASRec from scratch on the target; one row each."""
-    pretrained = load_srt_checkpoint(checkpoint)
     settings = {**model_settings(args), "epochs": args.epochs}
-    config = transfer_config(pretrained["config"], args.target, [str(target_yaml)], settings)
-    init_seed(config["seed"], config["reproducibility"])
-    train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
-    data = (train_data, valid_data, test_data)
-
-    model = load_pretrained(config, train_data._dataset, pretrained["state_dict"])
-    start = time.perf_counter()
-    zero_valid, zero_test = evaluate(config, model, valid_data), evaluate(config, model, test_data)
-    zero = RunResult([], zero_valid, zero_test, checkpoint, time.perf_counter() - start)
-    rows = [row("SRT", "pre-trained", "nothing (zero-shot)", model, zero, zero_valid["ndcg@10"])]
-    logger.info("zero-shot: test %s", zero_test)
-
+    rows = []
     for strategy in args.strategies:
-        config["finetune_strategy"], config["epochs"] = strategy, args.epochs
-        init_seed(config["seed"], config["reproducibility"])
-        model = load_pretrained(config, train_data._dataset, pretrained["state_dict"])
-        stages = plan_stages(model, config)
-        run = train_stages(config, model, *data, stages)
-        trains = " → ".join(stage.name for stage in stages)
-        rows.append(row("SRT", f"pre-trained, {strategy}", trains, model, run, zero_valid["ndcg@10"]))
-
+        overrides = {**settings, "finetune_strategy": strategy}
+        record = finetune(checkpoint, args.target, [str(target_yaml)], overrides).record
+        if not rows:
+            rows.append(row("SRT", "pre-trained", "nothing (zero-shot)", record, zero_shot=True))
+        trains = " → ".join(stage.name for stage in record.stages)
+        rows.append(row("SRT", f"pre-trained, {strategy}", trains, record))
     for name in ("SRT", "SASRec"):
-        scratch = Config(
-            model=name, dataset=args.target, config_file_list=[str(target_yaml)], config_dict=settings
-        )
-        init_seed(scratch["seed"], scratch["reproducibility"])
-        model = get_model(name)(scratch, train_data._dataset)
-        start_valid = evaluate(scratch, model, valid_data)["ndcg@10"]
-        run = train_stages(scratch, model, *data, [Stage("all", ("",), args.epochs, args.learning_rate)])
-        rows.append(row(name, "scratch", "all", model, run, start_valid))
+        record = run(make_config(name, args.target, [str(target_yaml)], settings), zero_shot=True).record
+        rows.append(row(name, "scratch", "all", record))
     return rows
 
 
@@ -234,34 +172,26 @@ def write_results(rows: list[dict], header: list[str], out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv: not this script's options
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    ours = ("recbole_srt", "benchmarks")  # RecBole's own INFO lines (per-epoch loss, ...) stay quiet
-    logging.getLogger().handlers[0].addFilter(
-        lambda r: r.name.startswith(ours) or r.levelno >= logging.WARNING
-    )
     start = time.perf_counter()
 
     target_yaml, pretrain_yaml, report = prepare_data(args)
-    logger.info(
-        "pre-training mix: %s interactions, %s users, %s items",
-        report["rows"]["kept"],
-        report["users"]["after"],
-        report["items"]["after"],
-    )
-    pre = pretrain(args, pretrain_yaml)
-    rows = target_runs(args, target_yaml, pre.checkpoint)
+    logger.info("pre-training mix: %s interactions, %s users, %s items", report["rows"]["kept"],
+                report["users"]["after"], report["items"]["after"])  # fmt: skip
+    settings = {**model_settings(args), "epochs": args.pretrain_epochs}
+    pre = run(make_config("SRT", "pretrain", [str(pretrain_yaml)], settings)).record
+    rows = target_rows(args, target_yaml, pre.checkpoint)
     seconds = time.perf_counter() - start
 
     guard = report["users"]["excluded"], report["dropped"]["excluded_user"]
     header = [
-        f"Pre-training: {' + '.join(args.category or PRETRAIN_CATEGORIES)}, {args.min_inter}-core: "
+        f"Pre-training: {' + '.join(args.category)}, {args.min_inter}-core: "
         f"{report['rows']['kept']:,} interactions, {report['users']['after']:,} users, "
         f"{report['items']['after']:,} items; leakage guard removed {guard[0]:,} users of {args.target} "
-        f"({guard[1]:,} interactions). {args.pretrain_epochs} epochs, {pre.seconds:.0f} s, "
+        f"({guard[1]:,} interactions). {args.pretrain_epochs} epochs, {pre.wall_s:.0f} s, "
         f"its own test NDCG@10 {pre.test['ndcg@10']:.4f}.",
         f"Target: {args.target}, leave-one-out, full ranking; {args.epochs} target epochs per row, "
         f"best epoch on valid NDCG@10. hidden {args.hidden_size}, {args.n_layers} layers, "

@@ -1,19 +1,74 @@
 """``run_recbole``: RecBole's ``run_recbole.py`` as a console command, with SRT registered.
 
 Accepts the arguments of RecBole's script (``--model``, ``--dataset``, ``--config_files``,
-``--nproc``, ``--ip``, ``--port``, ``--world_size``, ``--group_offset``); any other
-``--key=value`` is read by RecBole's ``Config`` as a config override.
+``--nproc``, ``--ip``, ``--port``, ``--world_size``, ``--group_offset``); every other
+``--key=value`` is a setting (YAML value; an unknown key is an error naming the closest ones).
+Runs :func:`recbole_srt.pipeline.run` (one process per rank with ``--nproc``).
+
+Also the CLIs' shared plumbing: :class:`user_errors` (one line on stderr instead of a traceback;
+``SRT_DEBUG=1`` shows it) and :func:`quiet_library_warnings`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
 
-import recbole_srt  # noqa: F401  (registers SRT with RecBole)
+from recbole_srt.features import ItemFeatureError
+from recbole_srt.overrides import OverrideError, known_config_keys, parse_overrides
+from recbole_srt.pipeline import make_config, run
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train and evaluate a RecBole model (SRT included).")
+class user_errors:  # noqa: N801  (used as a context manager, like contextlib's lower-case helpers)
+    """Turn the listed exceptions into ``prog: error: message`` on stderr; truthy once one happened.
+
+    ::
+
+        with user_errors("srt-finetune", TransferError) as failed:
+            ...
+        if failed:
+            return 2
+
+    With ``SRT_DEBUG=1`` in the environment the exception propagates with its traceback.
+    """
+
+    def __init__(self, prog: str, *errors: type[BaseException]):
+        self.prog, self.errors, self.failed = prog, errors, False
+
+    def __enter__(self) -> user_errors:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if error is None or not isinstance(error, self.errors) or os.environ.get("SRT_DEBUG"):
+            return False
+        print(f"{self.prog}: error: {error}", file=sys.stderr)
+        self.failed = True
+        return True
+
+    def __bool__(self) -> bool:
+        return self.failed
+
+
+def quiet_library_warnings() -> None:
+    """Silence the harmless warnings RecBole's stack prints on every run (and only those)."""
+    # ray 2.6.3 imports pkg_resources (setuptools < 82 still has it, with this warning).
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    # RecBole 1.2.1's fillna(inplace=True) on a column (correct on pandas < 3, which compat enforces).
+    warnings.filterwarnings("ignore", message="A value is trying to be set on a copy", category=FutureWarning)
+    # RecBole's trainer builds torch.cuda.amp.GradScaler, deprecated for torch.amp.GradScaler.
+    warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.GradScaler", category=FutureWarning)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="run_recbole",
+        description="Train and evaluate a RecBole model (SRT included).",
+        epilog="Any other --key=value is a setting, e.g. --epochs=10 --hidden_size=128.",
+    )
     parser.add_argument("--model", "-m", default="SRT", help="model name (default: SRT)")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k, bundled)")
     parser.add_argument("--config_files", default=None, help="space-separated YAML config files")
@@ -22,25 +77,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", default="5678", help="master port for multi-node runs")
     parser.add_argument("--world_size", type=int, default=-1, help="total processes over all nodes")
     parser.add_argument("--group_offset", type=int, default=0, help="rank offset of this node")
-    args, _overrides = parser.parse_known_args(argv)  # --key=value overrides: RecBole's Config reads sys.argv
-    return args
+    return parser.parse_known_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from recbole.quick_start import run
+def _rank(local_rank: int, args: argparse.Namespace, config_files: list[str] | None, settings: dict) -> None:
+    """One DDP process (``torch.multiprocessing.spawn`` target)."""
+    import recbole_srt  # noqa: F401  (registers SRT in the spawned process)
 
-    args = parse_args(argv)
-    run(
-        args.model,
-        args.dataset,
-        config_file_list=args.config_files.split() if args.config_files else None,
-        nproc=args.nproc,
-        world_size=args.world_size,
-        ip=args.ip,
-        port=args.port,
-        group_offset=args.group_offset,
-    )
+    distributed = {
+        "local_rank": local_rank,
+        "world_size": args.world_size if args.world_size > 0 else args.nproc,
+        "ip": args.ip,
+        "port": args.port,
+        "nproc": args.nproc,
+        "offset": args.group_offset,
+    }
+    record = run(make_config(args.model, args.dataset, config_files, {**settings, **distributed})).record
+    if local_rank == 0:
+        _report(record)
+
+
+def _report(record) -> None:
+    print(f"best valid: {json.dumps(record.best_valid)}")
+    print(f"test result: {json.dumps(record.test)}")
+    if record.checkpoint:
+        print(f"checkpoint: {record.checkpoint}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, rest = parse_args(argv)
+    config_files = args.config_files.split() if args.config_files else None
+    quiet_library_warnings()
+    with user_errors("run_recbole", OverrideError, ItemFeatureError, FileNotFoundError, ValueError) as failed:
+        settings = parse_overrides(rest, known_config_keys(config_files or ()))
+        if args.nproc > 1 or args.world_size > 0:
+            import torch.multiprocessing as mp
+
+            mp.spawn(_rank, args=(args, config_files, settings), nprocs=args.nproc, join=True)
+        else:
+            _report(run(make_config(args.model, args.dataset, config_files, settings)).record)
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

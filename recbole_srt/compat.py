@@ -1,44 +1,59 @@
-"""RecBole 1.2.1 on today's Python stack: the one place that makes it correct.
+"""RecBole 1.2.1 on today's Python stack: the one place that patches RecBole.
 
-RecBole 1.2.1 (2023) predates numpy 2, pandas 3, setuptools 82, pyarrow 26 and torch 2.6.
-Each breakage and its remedy (measured in ``../shared/notes/recbole-1.2.1-today.md``):
+RecBole 1.2.1 (2023) predates numpy 2, pandas 3, setuptools 82, pyarrow 26 and torch 2.6, and has
+no plugin hook for a model's YAML. Every change this project makes to RecBole's behaviour is here,
+each with its reason and a test in ``tests/test_compat.py`` (facts in ``shared/notes``):
 
-======================  ==========================================  ==============================
-dependency              what breaks                                 remedy
-======================  ==========================================  ==============================
-numpy >= 2              ``np.float_`` in RecBole's Config,          pin ``numpy<2`` (setup.py),
-                        ``np.bool8`` in ray 2.6.3                   checked by :func:`check_stack`
-pandas >= 3             Copy-on-Write turns RecBole's               pin ``pandas<3``, checked by
-                        ``fillna(inplace=True)`` into a no-op:      :func:`check_stack` (refuses to
-                        missing tokens become -2**63, silently      run rather than corrupt data)
-setuptools >= 82        no ``pkg_resources``, which ray imports     pin ``setuptools<82``, checked
-pyarrow >= 26           needs numpy 2 (undeclared), ``ray.init``    pin ``pyarrow<26``, checked
-                        fails
-torch >= 2.6            ``torch.load`` defaults to                  :func:`trust_recbole_checkpoints`
-                        ``weights_only=True``; RecBole pickles its  (only RecBole's own loaders read
-                        ``Config`` into every checkpoint            full pickles)
-numpy >= 1.24           ``np.float``/``np.int``/... removed; RecBole  :func:`numpy_aliases` (the aliases
-                        sets them only in ``Config.__init__``, so    ``Config.compatibility_settings``
-                        metrics crash after ``load_data_and_model``  installs, at import)
-                        (its Config is unpickled, not constructed)
-RecBole 1.2.1 itself    its defaults (``loss_type: CE`` for SASRec  :func:`default_no_negatives_for_ce`
-                        and BERT4Rec, uniform ``train_neg_sample_   (unless the user sets them)
-                        args`` in overall.yaml) raise a ValueError
-======================  ==========================================  ==============================
+===============================  ==============================================  =======================
+what                             why                                             remedy
+===============================  ==============================================  =======================
+numpy>=2, pandas>=3,             RecBole's ``np.float_``, ray's ``np.bool8``;    pins in setup.py,
+setuptools>=82, pyarrow>=26,     Copy-on-Write makes RecBole's                   refused at import by
+RecBole != 1.2.1                 ``fillna(inplace=True)`` a no-op (ids become    :func:`check_stack`
+                                 -2**63, silently); ray needs ``pkg_resources``;
+                                 pyarrow 26 needs numpy 2; the patches below
+                                 are written against RecBole 1.2.1's source
+``np.float`` & co.               RecBole's metrics use them; only                :func:`numpy_aliases`
+                                 ``Config.__init__`` aliases them, so a Config
+                                 unpickled by ``load_data_and_model`` crashes
+                                 ``NDCG``
+``torch.load`` (torch >= 2.6)    defaults to ``weights_only=True``; RecBole      :func:`trust_recbole_
+                                 pickles its ``Config`` into every checkpoint    checkpoints` (only
+                                 and cannot read it back                         RecBole's own loaders)
+``Config._set_default_           RecBole ships ``train_neg_sample_args:          :func:`default_no_
+parameters``                     uniform`` and then refuses it for its own CE    negatives_for_ce`
+                                 models (SASRec's and BERT4Rec's default)
+``Config._load_cmd_line``        reads ``sys.argv`` in every ``Config()``, so    :func:`ignoring_argv`
+                                 a script's own flags (pytest's, Ray's) become   (a scope, used by
+                                 config keys                                     :mod:`recbole_srt.
+                                                                                 pipeline`)
+``Config._convert_config_        ``eval()``\\ s every string of ``config_dict``   :func:`literal_config_
+dict``                           and of the command line                         values` (ast literals)
+``Config._update_internal_       RecBole reads model YAMLs only from its own     :func:`plugin_model_
+config_dict``                    package                                         yamls` (a plugin's YAML
+                                                                                 loads right after
+                                                                                 overall.yaml)
+===============================  ==============================================  =======================
 
 :func:`apply` runs them all; ``import recbole_srt`` calls it.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import contextvars
 import importlib.metadata
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import recbole
 import torch
 from recbole.config import Config
 from recbole.utils import ModelType
 
+RECBOLE_VERSION = "1.2.1"
 # (distribution, first incompatible major version, why)
 _UPPER_BOUNDS: tuple[tuple[str, int, str], ...] = (
     ("numpy", 2, "RecBole 1.2.1 uses np.float_ and ray 2.6.3 uses np.bool8, both removed in numpy 2"),
@@ -50,6 +65,7 @@ _UPPER_BOUNDS: tuple[tuple[str, int, str], ...] = (
 # RecBole modules that torch.load checkpoints RecBole itself wrote (Trainer.resume_checkpoint,
 # Trainer.evaluate(load_best_model=True), quick_start.load_data_and_model).
 _RECBOLE_CHECKPOINT_READERS = ("recbole.trainer.trainer", "recbole.quick_start.quick_start")
+_OVERALL_YAML = (Path(recbole.__file__).parent / "properties" / "overall.yaml").resolve()
 
 
 class IncompatibleStackError(RuntimeError):
@@ -73,15 +89,28 @@ def check_stack(versions: Callable[[str], str] = importlib.metadata.version) -> 
         except importlib.metadata.PackageNotFoundError:
             continue
         if _major(installed) >= bad_major:
-            problems.append((dist, installed, bad_major, why))
+            problems.append((f"{dist}=={installed}: {why}", f"'{dist}<{bad_major}'"))
+    installed = versions("recbole")
+    if installed != RECBOLE_VERSION:
+        why = f"recbole-srt patches RecBole {RECBOLE_VERSION}'s internals (recbole_srt/compat.py)"
+        problems.append((f"recbole=={installed}: {why}", f"recbole=={RECBOLE_VERSION}"))
     if problems:
-        lines = [f"  {d}=={v}: {why}" for d, v, _, why in problems]
-        fix = " ".join(f"'{d}<{m}'" for d, _, m, _ in problems)
         raise IncompatibleStackError(
-            "recbole-srt cannot run RecBole 1.2.1 correctly with:\n"
-            + "\n".join(lines)
-            + f"\nFix: pip install {fix}"
+            "recbole-srt cannot run RecBole correctly with:\n"
+            + "\n".join(f"  {line}" for line, _ in problems)
+            + f"\nFix: pip install {' '.join(fix for _, fix in problems)}"
         )
+
+
+def numpy_aliases() -> None:
+    """Install the numpy aliases RecBole 1.2.1 relies on, as ``Config.compatibility_settings`` does."""
+    Config.compatibility_settings(None)
+
+
+def torch_loads_weights_only_by_default(version: str = torch.__version__) -> bool:
+    """torch >= 2.6 reads checkpoints with ``weights_only=True`` unless told otherwise."""
+    major, minor = (int(part) for part in version.split("+")[0].split(".")[:2])
+    return (major, minor) >= (2, 6)
 
 
 _torch_load = torch.load
@@ -90,10 +119,8 @@ _torch_load = torch.load
 def _load_trusting_recbole(f, *args, **kwargs):
     """``torch.load``; defaults to ``weights_only=False`` only when called from RecBole's loaders.
 
-    RecBole pickles its ``Config`` into every checkpoint it writes; torch >= 2.6 refuses to
-    read that with ``weights_only=True``. Only calls made directly by the modules in
-    ``_RECBOLE_CHECKPOINT_READERS`` (which read back the checkpoints RecBole itself wrote: trusted
-    local files) get full unpickling; every other caller keeps torch's safe default.
+    Only calls made directly by the modules in ``_RECBOLE_CHECKPOINT_READERS`` (which read back
+    checkpoints RecBole writes) get full unpickling; every other caller keeps torch's safe default.
     """
     if sys._getframe(1).f_globals.get("__name__") in _RECBOLE_CHECKPOINT_READERS:
         kwargs.setdefault("weights_only", False)
@@ -101,18 +128,9 @@ def _load_trusting_recbole(f, *args, **kwargs):
 
 
 def trust_recbole_checkpoints() -> None:
-    """Let RecBole's own checkpoint loaders read full pickles on torch >= 2.6 (idempotent)."""
-    torch.load = _load_trusting_recbole
-
-
-def numpy_aliases() -> None:
-    """Install the numpy aliases RecBole 1.2.1 relies on, as ``Config.compatibility_settings`` does.
-
-    RecBole's metrics use ``np.float`` (removed in numpy 1.24) and only ``Config.__init__`` aliases
-    it; a Config unpickled from a checkpoint (``load_data_and_model``) never runs that, so a fresh
-    process that loads a checkpoint and evaluates it crashes in ``NDCG``.
-    """
-    Config.compatibility_settings(None)
+    """On torch >= 2.6, let RecBole's own checkpoint loaders read the pickles it writes (idempotent)."""
+    if torch_loads_weights_only_by_default():
+        torch.load = _load_trusting_recbole
 
 
 _recbole_set_default_parameters = Config._set_default_parameters
@@ -132,12 +150,73 @@ def _set_default_parameters(self: Config) -> None:
 def default_no_negatives_for_ce() -> None:
     """Sequential models trained with full cross-entropy default to no sampled negatives.
 
-    RecBole 1.2.1 ships ``train_neg_sample_args: uniform`` in overall.yaml and then refuses it for
-    sequential ``loss_type: CE`` models (SASRec's and BERT4Rec's own default), so
-    ``run_recbole --model=SASRec`` fails unless the user sets ``train_neg_sample_args: ~``.
     An explicit user setting still reaches RecBole's check unchanged.
     """
     Config._set_default_parameters = _set_default_parameters
+
+
+_reads_argv = contextvars.ContextVar("recbole_config_reads_argv", default=True)
+_recbole_load_cmd_line = Config._load_cmd_line
+
+
+def _load_cmd_line(self: Config) -> dict:
+    return _recbole_load_cmd_line(self) if _reads_argv.get() else {}
+
+
+@contextlib.contextmanager
+def ignoring_argv() -> Iterator[None]:
+    """Within this scope, ``Config()`` does not read ``--key=value`` from ``sys.argv``."""
+    token = _reads_argv.set(False)
+    try:
+        yield
+    finally:
+        _reads_argv.reset(token)
+
+
+def scoped_argv() -> None:
+    """Make :func:`ignoring_argv` work; outside it, RecBole reads ``sys.argv`` as it always did."""
+    Config._load_cmd_line = _load_cmd_line
+
+
+def _literal(value: str):
+    """A config string as RecBole means it (numbers, lists, dicts, booleans), without ``eval``."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def _convert_config_dict(self: Config, config_dict: dict) -> dict:
+    for key, value in config_dict.items():
+        if isinstance(value, str):
+            config_dict[key] = _literal(value)
+    return config_dict
+
+
+def literal_config_values() -> None:
+    """RecBole ``eval()``\\ s config strings; parse them as Python literals instead (no code runs)."""
+    Config._convert_config_dict = _convert_config_dict
+
+
+# model name -> its YAML defaults; filled by recbole_srt.registration
+PLUGIN_YAMLS: dict[str, Path] = {}
+_recbole_update_internal_config_dict = Config._update_internal_config_dict
+
+
+def _update_internal_config_dict(self: Config, file: str):
+    loaded = _recbole_update_internal_config_dict(self, file)
+    if self.model in PLUGIN_YAMLS and Path(file).resolve() == _OVERALL_YAML:
+        _recbole_update_internal_config_dict(self, str(PLUGIN_YAMLS[self.model]))
+    return loaded
+
+
+def plugin_model_yamls() -> None:
+    """A plugin model's YAML loads right after ``overall.yaml``, where RecBole loads its own models'.
+
+    So it outranks ``overall.yaml`` and is outranked by the dataset's YAML, RecBole's quick-start
+    presets and everything the user passes, exactly as for RecBole's built-in models.
+    """
+    Config._update_internal_config_dict = _update_internal_config_dict
 
 
 def apply() -> None:
@@ -146,3 +225,6 @@ def apply() -> None:
     numpy_aliases()
     trust_recbole_checkpoints()
     default_no_negatives_for_ce()
+    scoped_argv()
+    literal_config_values()
+    plugin_model_yamls()

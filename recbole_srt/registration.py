@@ -1,16 +1,14 @@
-"""Make RecBole find the plugin's models by name, with their YAML defaults.
+"""Make RecBole find the plugin's classes by name, the way it finds its own.
 
-RecBole looks a model up with ``recbole.utils.get_model(name)``, which imports
-``recbole.model.<kind>_recommender.<name.lower()>`` (``run_recbole``, ``objective_function``,
-``load_data_and_model`` and ``Config`` all go through it). Putting the plugin module into
-``sys.modules`` under that name is enough for the lookup; it must happen in every process
-(Ray workers and DDP ranks included), which ``import recbole_srt`` does.
+* Model: ``recbole.utils.get_model(name)`` imports ``recbole.model.sequential_recommender.<name>``;
+  the plugin's module is put into ``sys.modules`` under that name (``run_recbole``,
+  ``objective_function``, ``load_data_and_model`` and ``Config`` all go through it).
+* Trainer: ``recbole.utils.get_trainer(model_type, name)`` takes ``recbole.trainer.<Name>Trainer``
+  when it exists; ``SRTTrainer`` is set there.
+* YAML defaults: ``properties/model/<Name>.yaml`` (installed as ``recbole_srt.properties``),
+  loaded in RecBole's order by :func:`recbole_srt.compat.plugin_model_yamls`.
 
-RecBole reads a model's defaults from ``recbole/properties/model/<Name>.yaml`` inside its own
-package. A plugin's YAML lives in this project's ``properties/model/``; :func:`register` makes
-``Config`` read it with the precedence RecBole gives its own model YAMLs: above
-``overall.yaml``, below the dataset's YAML and RecBole's quick-start presets, below anything
-the user passes (config files, ``config_dict``, ``--key=value``).
+It must happen in every process (Ray workers and DDP ranks included): ``import recbole_srt`` does it.
 """
 
 from __future__ import annotations
@@ -20,14 +18,11 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from recbole.config import Config
+from recbole_srt import compat
 
-# model name -> module that defines it
-PLUGIN_MODELS: dict[str, str] = {"SRT": "recbole_srt.model.srt"}
-
+# model name -> (module that defines the model, module that defines its trainer)
+PLUGIN_MODELS: dict[str, tuple[str, str]] = {"SRT": ("recbole_srt.model.srt", "recbole_srt.trainer")}
 _RECBOLE_SEQUENTIAL = "recbole.model.sequential_recommender"
-_OVERALL_YAML = Path(importlib.import_module("recbole.config").__file__).parent / "../properties/overall.yaml"
-_recbole_load_internal_config_dict = Config._load_internal_config_dict
 
 
 def plugin_yaml(model: str) -> Path:
@@ -35,23 +30,11 @@ def plugin_yaml(model: str) -> Path:
     return Path(str(files("recbole_srt.properties") / "model" / f"{model}.yaml"))
 
 
-def _load_internal_config_dict(self: Config, model: str, model_class, dataset: str) -> None:
-    _recbole_load_internal_config_dict(self, model, model_class, dataset)
-    if model not in PLUGIN_MODELS:
-        return
-    recbole_defaults = self.internal_config_dict
-    self.internal_config_dict = {}
-    self._update_internal_config_dict(_OVERALL_YAML)
-    overall = self.internal_config_dict
-    # Whatever RecBole set beyond overall.yaml (dataset YAML, quick-start presets) outranks the model YAML.
-    beyond_overall = {k: v for k, v in recbole_defaults.items() if k not in overall or v != overall[k]}
-    self.internal_config_dict = overall
-    self._update_internal_config_dict(plugin_yaml(model))
-    self.internal_config_dict.update(beyond_overall)
-
-
 def register() -> None:
-    """Register every plugin model with RecBole (idempotent)."""
-    for name, module_name in PLUGIN_MODELS.items():
-        sys.modules[f"{_RECBOLE_SEQUENTIAL}.{name.lower()}"] = importlib.import_module(module_name)
-    Config._load_internal_config_dict = _load_internal_config_dict
+    """Register every plugin model, its trainer and its YAML with RecBole (idempotent)."""
+    recbole_trainers = importlib.import_module("recbole.trainer")
+    for name, (model_module, trainer_module) in PLUGIN_MODELS.items():
+        sys.modules[f"{_RECBOLE_SEQUENTIAL}.{name.lower()}"] = importlib.import_module(model_module)
+        trainer = f"{name}Trainer"
+        setattr(recbole_trainers, trainer, getattr(importlib.import_module(trainer_module), trainer))
+        compat.PLUGIN_YAMLS[name] = plugin_yaml(name)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny RecBole atomic dataset with item text, and SRT built without RecBole data."""
+"""Shared fixtures: a tiny RecBole atomic dataset with item text, and SRT built from features alone."""
 
 from __future__ import annotations
 
@@ -85,25 +85,13 @@ def tiny_config(data_root: Path, **overrides) -> dict:
     }
 
 
-class FakeDataset:
-    """The two things :class:`SRT` reads from a RecBole dataset when features are given."""
-
-    def __init__(self, n_items: int, targets: torch.Tensor):
-        self._n_items = n_items
-        self.inter_feat = {"item_id": targets}
-
-    def num(self, field: str) -> int:
-        return self._n_items
-
-
 def srt_defaults() -> dict:
     return yaml.safe_load(plugin_yaml("SRT").read_text())
 
 
-def make_srt(n_items: int, feature_size: int = 8, seed: int = 0, **overrides) -> SRT:
-    """SRT over random frozen features for ``n_items`` ids (0 = padding), built without RecBole data."""
-    torch.manual_seed(seed)
-    config = {
+def srt_test_config(**overrides) -> dict:
+    """SRT's YAML defaults plus what RecBole's Config would add, for a model built without RecBole data."""
+    return {
         **srt_defaults(),
         "USER_ID_FIELD": "user_id",
         "ITEM_ID_FIELD": "item_id",
@@ -119,10 +107,15 @@ def make_srt(n_items: int, feature_size: int = 8, seed: int = 0, **overrides) ->
         "neg_sample_num": 5,
         **overrides,
     }
+
+
+def make_srt(n_items: int, feature_size: int = 8, seed: int = 0, **overrides) -> SRT:
+    """SRT over random frozen features for ``n_items`` ids (0 = padding), built without RecBole data."""
+    torch.manual_seed(seed)
     features = torch.randn(n_items, feature_size)
     features[0] = 0
-    targets = torch.randint(1, n_items, (50,))
-    return SRT(config, FakeDataset(n_items, targets), item_features=features)
+    counts = torch.bincount(torch.randint(1, n_items, (50,)), minlength=n_items)
+    return SRT(srt_test_config(**overrides), item_features=features, item_counts=counts)
 
 
 def make_batch(n_items: int, batch_size: int = 4, max_len: int = 6, seed: int = 0) -> dict:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import make_srt, write_tiny_dataset
 from recbole.evaluator.metrics import NDCG
 from torch import nn
 
 from benchmarks import compare
-from benchmarks.compare_data import DatasetSpec, hold_out_items
-from benchmarks.compare_run import catalog_params, ranking_metrics, target_ranks
+from benchmarks.compare import DatasetSpec, hold_out_items, ranking_metrics, target_ranks
+from recbole_srt.model.params import catalog_params
 
 TINY_SETTINGS = [
-    "--set=hidden_size=16",
-    "--set=inner_size=32",
-    "--set=n_layers=1",
-    "--set=MAX_ITEM_LIST_LENGTH=10",
-    "--set=train_batch_size=64",
+    "--hidden_size=16",
+    "--inner_size=32",
+    "--n_layers=1",
+    "--MAX_ITEM_LIST_LENGTH=10",
+    "--train_batch_size=64",
 ]
 
 
@@ -109,10 +112,12 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, capsys):
 
     rows = pd.read_csv(out / "results.csv")
     assert len(rows) == 6 and set(rows["dataset"]) == {"tiny", "tiny-cold20"}
-    # our per-user ranks reproduce RecBole's own evaluator (which rounds to 4 decimals)
-    np.testing.assert_allclose(rows["test_ndcg@10"], rows["recbole_test_ndcg@10"], atol=6e-5)
+    # our per-user ranks (for the slices) reproduce RecBole's own evaluator (which rounds to 4 decimals)
+    np.testing.assert_allclose(rows["ranked_test_ndcg@10"], rows["test_ndcg@10"], atol=6e-5)
     by_model = rows[rows["dataset"] == "tiny"].set_index("model")
-    assert by_model.loc["SRT", "catalog_params"] == 0 and by_model.loc["SASRec", "catalog_params"] > 0
+    assert by_model.loc["SRT", "params_catalog"] == 0 and by_model.loc["SASRec", "params_catalog"] > 0
+    assert (rows["scoring_users_per_s"] > 0).all() and (rows["peak_rss_mb"] > 0).all()
+    assert (rows["epochs_run"] == 1).all() and (rows["train_targets_per_s"] > 0).all()
     cold = rows[rows["dataset"] == "tiny-cold20"]
     assert (cold["cold_test_users"] > 0).all() and cold["cold_ndcg@10"].between(0, 1).all()
     table = (out / "results.md").read_text()
@@ -122,3 +127,36 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, capsys):
     capsys.readouterr()
     assert compare.main(argv) == 0
     assert capsys.readouterr().out.count("done earlier, skipped") == 6
+
+
+@pytest.mark.slow
+def test_valid_split_grid_ranks_candidates_and_never_scores_test(tmp_path, capsys):
+    write_tiny_dataset(tmp_path / "data", n_users=60)
+    grid = tmp_path / "grid.yaml"
+    candidates = {"dot": {"similarity": "dot"}, "cosine": {"similarity": "cosine", "temperature": 0.1}}
+    grid.write_text(yaml.safe_dump({"model": "SRT", "settings": {"epochs": 2}, "candidates": candidates}))
+    out = tmp_path / "out"
+    argv = ["--dataset=tiny", f"--data-dir={tmp_path / 'data'}", f"--grid={grid}", "--split=valid"]
+    argv += ["--seeds=1", f"--out={out}", "--workers=2", *TINY_SETTINGS]
+    assert compare.main(argv) == 0
+
+    rows = pd.read_csv(out / "results.csv")
+    assert set(rows["label"]) == {"dot", "cosine"}
+    assert not [c for c in rows if c.startswith(("test_", "cold_", "unseen_", "ranked_"))]
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["valid_ndcg@10"]) == sorted(summary["valid_ndcg@10"], reverse=True)
+    for name in ("dot", "cosine"):
+        row = json.loads((out / "runs" / f"tiny__{name}__seed2020.json").read_text())
+        assert len(row["valid_curve"]) == row["epochs_run"] == 2
+        assert row["overrides"] == candidates[name]
+        # the reported valid score is the best epoch's, the one early stopping kept
+        assert row["valid_ndcg@10"] == pytest.approx(row["valid_curve"][row["best_epoch"] - 1], abs=1e-4)
+        assert row["valid_ndcg@10"] == pytest.approx(max(row["valid_curve"]), abs=1e-4)
+    assert "cosine" in (out / "results.md").read_text() and (out / "results.png").stat().st_size > 0
+
+
+def test_a_mistyped_setting_is_refused_with_the_closest_key(tmp_path):
+    with pytest.raises(SystemExit, match="unknown setting 'hiden_size'; did you mean hidden_size"):
+        compare.main(["--dataset=ml-100k", f"--out={tmp_path}", "--hiden_size=8"])
+    with pytest.raises(SystemExit, match="fixed by the protocol"):
+        compare.main(["--dataset=ml-100k", f"--out={tmp_path}", "--topk=[5]"])

@@ -8,11 +8,17 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_config, write_tiny_dataset
 from recbole.config import Config
 from recbole.data import create_dataset
 
-from recbole_srt.compat import IncompatibleStackError, check_stack
+from recbole_srt.compat import (
+    IncompatibleStackError,
+    check_stack,
+    ignoring_argv,
+    torch_loads_weights_only_by_default,
+)
 
 
 def versions_with(**overrides):
@@ -103,3 +109,56 @@ def test_recbole_metrics_work_without_constructing_a_config():
         check=True,
     )
     assert float(shimmed.stdout) > 0
+
+
+def test_recbole_other_than_the_patched_version_is_refused():
+    with pytest.raises(IncompatibleStackError, match=r"(?s)recbole==1\.3\.0: .*pip install recbole==1\.2\.1"):
+        check_stack(versions_with(recbole="1.3.0"))
+
+
+def test_config_reads_argv_only_outside_the_pipelines_scope(tmp_path, monkeypatch):
+    write_tiny_dataset(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["prog", "--epochs=7"])
+    assert Config(model="SRT", dataset="tiny", config_dict={"data_path": str(tmp_path)})["epochs"] == 7
+    with ignoring_argv():
+        assert Config(model="SRT", dataset="tiny", config_dict={"data_path": str(tmp_path)})["epochs"] != 7
+
+
+def test_config_strings_are_parsed_as_literals_never_run(tmp_path):
+    write_tiny_dataset(tmp_path)
+    code = "__import__('os').getpid()"
+    config = Config(
+        model="SRT",
+        dataset="tiny",
+        config_dict={
+            "data_path": str(tmp_path),
+            "text_fields": code,
+            "topk": "[5, 10]",
+            "norm_first": "false",
+        },
+    )
+    assert config["text_fields"] == code  # RecBole's eval() would have run it and stored a pid
+    assert config["topk"] == [5, 10] and config["norm_first"] is False
+
+
+_LOAD_AS = """
+import torch
+import recbole_srt
+namespace = {{"__name__": {caller!r}, "torch": torch, "PATH": {path!r}}}
+exec(compile("torch.load(PATH)", "caller", "exec"), namespace)  # torch.load called from module `caller`
+"""
+
+
+@pytest.mark.parametrize("caller", ["recbole.trainer.trainer", "someone.else"])
+def test_full_pickles_are_read_only_for_recboles_own_loaders(tmp_path, caller):
+    """torch >= 2.6 refuses RecBole's pickled Config; the patch lifts that for RecBole's loaders alone."""
+    assert torch_loads_weights_only_by_default("2.6.0")
+    assert not torch_loads_weights_only_by_default("2.5.1+cpu")
+    path = tmp_path / "ckpt.pth"
+    torch.save({"config": Config.__new__(Config), "state_dict": {}}, path, pickle_protocol=4)
+    code = _LOAD_AS.format(caller=caller, path=str(path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if caller.startswith("recbole."):
+        assert out.returncode == 0, out.stderr[-2000:]
+    else:
+        assert out.returncode != 0 and "Weights only load failed" in out.stderr

@@ -13,8 +13,14 @@ from conftest import tiny_config, write_tiny_dataset
 from recbole.config import Config
 from recbole.data import create_dataset
 
-from recbole_srt import features
-from recbole_srt.features import ItemFeatureError, load_item_features, read_item_texts, resolve_encoder
+from recbole_srt.features import (
+    ItemEncoder,
+    ItemFeatureError,
+    cache_stem,
+    load_item_features,
+    read_item_texts,
+    resolve_encoder,
+)
 
 
 def fake_encoding(texts, *args, **kwargs) -> np.ndarray:
@@ -30,11 +36,11 @@ def counting_encoder(monkeypatch):
     """Replace the sentence encoder by :func:`fake_encoding` and count the texts it encodes."""
     calls: list[int] = []
 
-    def encode(texts, *args, **kwargs):
+    def encode(self, texts):
         calls.append(len(texts))
         return fake_encoding(texts)
 
-    monkeypatch.setattr(features, "encode_texts", encode)
+    monkeypatch.setattr(ItemEncoder, "encode", encode)
     return calls
 
 
@@ -144,9 +150,38 @@ def test_bundled_default_encoder_loads_offline_and_separates_texts():
     path = Path(resolve_encoder("sentence-transformers/all-MiniLM-L6-v2"))
     assert (path / "model.safetensors").is_file()
     assert resolve_encoder("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
-    vectors = features.encode_texts(
-        ["red guitar strings", "red guitar string set", "lab goggles"], "all-MiniLM-L6-v2"
-    )
-    assert vectors.shape == (3, 384)
+    encoder = ItemEncoder("all-MiniLM-L6-v2")
+    vectors = encoder.encode(["red guitar strings", "red guitar string set", "lab goggles"])
+    model = encoder.model
+    encoder.encode(["one more"])
+    assert encoder.model is model  # loaded once, reused by every call
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
     similarity = vectors @ vectors.T
     assert similarity[0, 1] > similarity[0, 2]
+
+
+def test_a_warm_cache_never_imports_sentence_transformers(tmp_path):
+    """The encoder library (and its memory) is loaded only when something must be encoded."""
+    import subprocess
+    import sys
+
+    folder = write_tiny_dataset(tmp_path)
+    texts = read_item_texts(folder / "tiny.item", "item_id")
+    stem = cache_stem(folder, "tiny", "fake")
+    encoder = ItemEncoder("fake")
+    encoder._model = type("Fake", (), {"encode": lambda self, texts, **kw: fake_encoding(texts)})()
+    encoder.encode_items(texts, stem)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from recbole_srt.features import ItemEncoder, read_item_texts\n"
+        f"texts = read_item_texts(Path({str(folder / 'tiny.item')!r}), 'item_id')\n"
+        f"m, _ = ItemEncoder('fake').encode_items(texts, Path({str(stem)!r}))\n"
+        "print(m.shape[0], 'sentence_transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["30", "False"]
+
+
+def test_cache_location_rule(tmp_path):
+    assert cache_stem(tmp_path, "d", "org/My Encoder") == tmp_path / "d.srt-My_Encoder"
+    assert cache_stem(tmp_path, "d", "e", cache_dir=tmp_path / "c") == tmp_path / "c" / "d.srt-e"

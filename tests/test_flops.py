@@ -9,7 +9,9 @@ from recbole.model.sequential_recommender.bert4rec import BERT4Rec
 from recbole.model.sequential_recommender.sasrec import SASRec
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.flops import CPU_ATTENTION_FORMULAS, count_params, training_step_flops, training_targets
+from recbole_srt.analysis.flops import CPU_ATTENTION_FORMULAS, training_step_flops
+from recbole_srt.model.params import count_params
+from recbole_srt.trainer import training_targets
 
 N_ITEMS, FEAT, D, INNER, B, L = 20, 8, 16, 32, 4, 6
 
@@ -121,9 +123,7 @@ def test_param_rules_agree_across_models():
     sasrec = SASRec(_recbole_config(), _Items())
     bert = BERT4Rec(_recbole_config(), _Items())
     block = (3 * D * D + 3 * D) + (D * D + D) + (D * INNER + INNER + INNER * D + D) + 2 * 2 * D
-    counts = {
-        name: count_params(m, name) for name, m in (("SRT", srt), ("SASRec", sasrec), ("BERT4Rec", bert))
-    }
+    counts = {name: count_params(m) for name, m in (("SRT", srt), ("SASRec", sasrec), ("BERT4Rec", bert))}
     assert {c.non_embedding for c in counts.values()} == {2 * block}
     assert counts["SRT"].catalog == 0
     assert counts["SRT"].trainable == sum(p.numel() for p in srt.parameters())

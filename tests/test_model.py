@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_batch, make_srt
+from conftest import make_batch, make_srt, srt_test_config
 
 N_ITEMS = 20
 
@@ -236,3 +236,53 @@ def test_ddp_does_not_broadcast_the_frozen_catalog(tmp_path):
         assert set(ddp.named_module_buffers) == {"item_tower.feature_mean", "item_tower.feature_std"}
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_catalog_vectors_are_computed_once_per_evaluation_and_never_stale():
+    model = make_srt(N_ITEMS).eval()
+    batch = make_batch(N_ITEMS, batch_size=3)
+    calls = []
+    model.item_tower.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        first = model.full_sort_predict(batch)
+        n_after_first = calls.count(N_ITEMS)
+        again = model.full_sort_predict(batch)
+    assert n_after_first == 1 and calls.count(N_ITEMS) == 1  # the second call reused the catalog
+    torch.testing.assert_close(first, again)
+
+    with torch.no_grad():  # a weight change (optimizer step, load_state_dict) invalidates the cache
+        model.item_tower.output_layer.weight.mul_(2.0)
+        changed = model.full_sort_predict(batch)
+    assert calls.count(N_ITEMS) == 2 and not torch.allclose(first[:, 1:], changed[:, 1:])
+    fresh = make_srt(N_ITEMS).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.full_sort_predict(batch), changed)
+    model.train()  # training always recomputes, with gradients
+    scores = model.full_sort_predict(batch)
+    assert scores.requires_grad
+
+
+def test_the_model_counts_its_own_parameters():
+    model = make_srt(N_ITEMS, n_layers=2)
+    counts = model.num_params()
+    assert counts.trainable == sum(p.numel() for p in model.parameters())
+    assert counts.non_embedding == sum(
+        p.numel() for n, p in model.named_parameters() if n.startswith("blocks.")
+    )
+    assert counts.catalog == 0
+    assert make_srt(10 * N_ITEMS, n_layers=2).num_params() == counts  # independent of the catalog
+
+
+def test_sequence_modules_are_everything_but_the_item_tower():
+    model = make_srt(N_ITEMS)
+    prefixes = {name.split(".")[0] + "." for name, _ in model.named_parameters()}
+    assert prefixes - {"item_tower."} == set(model.SEQUENCE_MODULES)
+
+
+def test_built_from_a_feature_matrix_alone_samples_uniformly():
+    model = make_srt(N_ITEMS)
+    config = srt_test_config(loss_type="SSM")
+    bare = type(model)(config, item_features=model.item_features)
+    assert bare.n_items == N_ITEMS and bare.sampling_weight[0] == 0
+    assert torch.all(bare.sampling_weight[1:] == 1)

@@ -7,13 +7,15 @@ import sys
 
 from conftest import write_tiny_dataset
 from recbole.config import Config
-from recbole.utils import get_model
+from recbole.utils import ModelType, get_model, get_trainer
 
-from recbole_srt import SRT
+from recbole_srt import SRT, SRTTrainer
 
 
-def test_get_model_finds_srt():
+def test_get_model_finds_srt_and_get_trainer_its_trainer():
     assert get_model("SRT") is SRT
+    assert get_trainer(ModelType.SEQUENTIAL, "SRT") is SRTTrainer
+    assert get_trainer(ModelType.SEQUENTIAL, "SASRec").__name__ == "Trainer"  # RecBole's own, untouched
 
 
 def test_import_alone_registers_in_a_fresh_process():

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import scaling
-from benchmarks.scaling_law import (
+from recbole_srt.analysis.scaling_law import (
     bootstrap,
     compute_optimal_frontier,
     empirical_frontier,

@@ -10,8 +10,9 @@ import torch
 from conftest import tiny_config, write_tiny_dataset
 from recbole.quick_start import run_recbole
 
-from recbole_srt.features import read_item_texts
-from recbole_srt.serve import CheckpointError, Recommender, ServeError, main, read_catalog
+from recbole_srt.checkpoint import CheckpointError
+from recbole_srt.features import ItemFeatureError, read_catalog, read_item_texts
+from recbole_srt.serve import Recommender, ServeError, main
 
 FAVOURITE = "i7"
 HISTORY = ["i1", "i2", "i3"]
@@ -115,7 +116,7 @@ def test_jsonl_and_tsv_catalogs_compose_text_like_item_files(tmp_path):
         assert catalog.texts[0] == expected.texts[0] == f"{rows[0]['title']}. {rows[0]['brand']}"
         assert catalog.texts[1] == rows[1]["title"]
     (tmp_path / "c.csv").write_text("x")
-    with pytest.raises(ServeError, match="a catalog is a .item, .jsonl or .tsv file"):
+    with pytest.raises(ItemFeatureError, match="a catalog is a .item, .jsonl or .tsv file"):
         read_catalog(tmp_path / "c.csv")
 
 

@@ -16,7 +16,8 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 
 from benchmarks import sweep
-from benchmarks.sweep_trial import recbole_settings, subsample_users
+from recbole_srt.pipeline import subsample_users
+from recbole_srt.sweep import recbole_settings
 
 SWEEP = [sys.executable, str(REPO / "benchmarks" / "sweep.py")]
 
@@ -25,39 +26,37 @@ SWEEP = [sys.executable, str(REPO / "benchmarks" / "sweep.py")]
 
 
 def test_shipped_presets_load_by_path_and_by_name():
-    by_path = sweep.load_preset(str(REPO / "properties" / "sweep" / "smoke.yaml"), [])
-    assert by_path == sweep.load_preset("smoke", [])
-    paper = sweep.load_preset("paper", [])
+    by_path = sweep.load_preset(str(REPO / "properties" / "sweep" / "smoke.yaml"), {})
+    assert by_path == sweep.load_preset("smoke", {})
+    paper = sweep.load_preset("paper", {})
     assert paper["n_layers"] == [1, 2, 4, 8, 16] and paper["hidden_size"] == [64, 128, 256, 512]
     assert paper["data_fractions"] == [0.1, 0.25, 0.5, 1.0]
 
 
 def test_set_overrides_parse_yaml_and_reach_nested_keys(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    preset = sweep.load_preset(
-        "smoke", ["recbole.epochs=3", "hidden_size=[8, 24]", "data_path=data", "scheduler={type: asha}"]
-    )
+    args = ["--recbole.epochs=3", "--hidden_size=[8, 24]", "--data_path=data", "--scheduler={type: asha}"]
+    preset = sweep.load_preset("smoke", sweep.parse_args(["--config=smoke", *args]).overrides)
     assert preset["recbole"]["epochs"] == 3 and preset["recbole"]["topk"] == [10]
     assert preset["hidden_size"] == [8, 24] and preset["scheduler"] == {"type": "asha"}
     assert preset["data_path"] == str(tmp_path / "data")  # absolute: workers run in their trial folders
 
 
-@pytest.mark.parametrize(
-    "override",
-    ["hidden_sizes=[8]", "per_model={SRT: {epochs: 2}}", "noequals"],
-    ids=["key", "per_model", "form"],
-)
-def test_bad_presets_are_refused(override):
-    with pytest.raises(ValueError):
-        sweep.load_preset("smoke", [override])
+def test_bad_presets_are_refused(capsys):
+    with pytest.raises(ValueError, match="per_model.SRT: unknown keys"):
+        sweep.load_preset("smoke", {"per_model": {"SRT": {"epochs": 2}}})
+    for bad, message in (("--hidden_sizes=[8]", "did you mean hidden_size"), ("noequals", "--key=value")):
+        with pytest.raises(SystemExit):
+            sweep.parse_args(["--config=smoke", bad])
+        assert message in capsys.readouterr().err
 
 
 def test_smoke_grid_and_paper_grid():
-    smoke = sweep.build_grid(sweep.load_preset("smoke", []), gpu=0.0)
+    smoke = sweep.build_grid(sweep.load_preset("smoke", {}), gpu=0.0)
     names = [spec["name"] for spec in smoke]
     assert len(names) == 10 and "SRT-L1-H64-f0.2-s0" in names and "SASRec-L1-H16-f0.1-s0" in names
     assert not any(name.startswith(("SASRec-L1-H32", "BERT4Rec-L1-H64")) for name in names)
-    paper = sweep.build_grid(sweep.load_preset("paper", []), gpu=0.25)
+    paper = sweep.build_grid(sweep.load_preset("paper", {}), gpu=0.25)
     assert len(paper) == 3 * 5 * 4 * 4
     widest = next(s for s in paper if s["hidden_size"] == 512)
     assert (widest["n_heads"], widest["inner_size"], widest["gpu"]) == (8, 2048, 0.25)
@@ -75,7 +74,7 @@ def test_no_gpu_in_the_cluster_means_cpu_not_pending(monkeypatch):
 
 
 def test_worker_gets_the_gpus_ray_assigned(monkeypatch):
-    spec = sweep.build_grid(sweep.load_preset("smoke", []), gpu=0.5)[0]
+    spec = sweep.build_grid(sweep.load_preset("smoke", {}), gpu=0.5)[0]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert recbole_settings(spec)["gpu_id"] == "3"
     assert recbole_settings({**spec, "gpu": 0})["gpu_id"] == ""  # RecBole: empty gpu_id = CPU
@@ -101,15 +100,14 @@ def test_data_fractions_are_nested_user_subsets_with_whole_sequences(tmp_path):
     all_users = users(train)
     kept = {}
     for fraction in (0.25, 0.5, 1.0):
-        loader, n_kept = subsample_users(config, train, fraction, seed=0)
+        loader = subsample_users(config, train, fraction, seed=0)
         kept[fraction] = set(users(loader))
-        assert len(kept[fraction]) == n_kept == round(fraction * len(set(all_users)))
+        assert len(kept[fraction]) == round(fraction * len(set(all_users)))
         # every training sequence of a kept user is kept
         assert len(loader._dataset) == int(np.isin(all_users, list(kept[fraction])).sum())
         assert sum(len(batch) for batch in loader) == len(loader._dataset)
     assert kept[0.25] < kept[0.5] < kept[1.0]
-    assert subsample_users(config, train, 0.5, seed=1)[0] is not None
-    assert set(users(subsample_users(config, train, 0.5, seed=1)[0])) != kept[0.5]
+    assert set(users(subsample_users(config, train, 0.5, seed=1))) != kept[0.5]
     assert len(valid._dataset) == len(test._dataset) == 40  # evaluation data is not subsampled
 
 
@@ -177,9 +175,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_smoke_sweep_end_to_end_with_failing_trials_then_resume(tmp_path):
     """The smoke preset, narrowed to SRT widths {16, 32} (2 sizes x 2 fractions) to keep CI short."""
     broken, flaky = "SASRec-L1-H16-f0.1-s0", "SRT-L1-H16-f0.1-s0"
-    common = ["--config", "smoke", "--storage", str(tmp_path), "--set", "recbole.epochs=2"]
-    common += ["--set", "hidden_size=[16, 32]"]
-    common += ["--set", f"fail_trials={{{broken}: always, {flaky}: once}}"]
+    common = ["--config", "smoke", "--storage", str(tmp_path), "--recbole.epochs=2", "--hidden_size=[16, 32]"]
+    common += [f"--fail_trials={{{broken}: always, {flaky}: once}}"]
     log = _run(*common).stdout
     for name in (broken, flaky):
         assert f"[{name}] failed (attempt 1); retrying" in log

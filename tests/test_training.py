@@ -15,7 +15,7 @@ from conftest import tiny_config, write_tiny_dataset
 from recbole.quick_start import load_data_and_model, objective_function
 
 from recbole_srt import SRT
-from recbole_srt.cli import parse_args
+from recbole_srt.cli import main, parse_args
 
 RUN_RECBOLE = shutil.which("run_recbole") or str(Path(sys.executable).with_name("run_recbole"))
 TINY = [
@@ -71,10 +71,18 @@ def test_builtin_sasrec_runs_through_the_same_command(tmp_path):
     assert "test result" in log
 
 
-def test_cli_accepts_recbole_arguments_and_leaves_overrides_to_config():
-    args = parse_args(["--model=SASRec", "--dataset", "x", "--config_files=a.yaml b.yaml", "--epochs=3"])
+def test_cli_accepts_recbole_arguments_and_leaves_settings_to_the_override_parser():
+    argv = ["--model=SASRec", "--dataset", "x", "--config_files=a.yaml b.yaml", "--epochs=3"]
+    args, rest = parse_args(argv)
     assert (args.model, args.dataset, args.config_files, args.nproc) == ("SASRec", "x", "a.yaml b.yaml", 1)
-    assert parse_args([]).model == "SRT" and parse_args([]).dataset == "ml-100k"
+    assert rest == ["--epochs=3"]
+    assert parse_args([])[0].model == "SRT" and parse_args([])[0].dataset == "ml-100k"
+
+
+def test_cli_refuses_a_mistyped_setting_in_one_line(capsys):
+    assert main(["--dataset=ml-100k", "--epoch=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "run_recbole: error: unknown setting 'epoch'; did you mean epochs?"
 
 
 @pytest.mark.slow

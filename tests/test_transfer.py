@@ -9,20 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_srt, tiny_config, write_tiny_dataset
+from conftest import tiny_config, write_tiny_dataset
 from recbole.data import create_dataset, data_preparation
 from recbole.quick_start import run_recbole
 
-from recbole_srt.serve import load_srt_checkpoint
-from recbole_srt.transfer import (
-    TransferError,
-    finetune,
-    load_pretrained,
-    main,
-    plan_stages,
-    train_stages,
-    transfer_config,
-)
+from recbole_srt.checkpoint import load_srt_checkpoint
+from recbole_srt.features import ItemFeatureError
+from recbole_srt.pipeline import run
+from recbole_srt.transfer import TransferError, finetune, load_pretrained, main, plan_stages, transfer_config
 
 ARCH = {"n_layers": 2}  # two blocks, so that top_k_layers and progressive leave something frozen
 
@@ -72,22 +66,22 @@ def ndcg_at_10(model, test_data) -> float:
 @pytest.mark.slow
 def test_checkpoint_loads_into_a_different_catalog_zero_shots_and_trains(pretrained):
     checkpoint, root = pretrained
-    result = finetune(checkpoint, "other", config_dict=tiny_config(root, epochs=2, **ARCH))
+    result = finetune(checkpoint, "other", config_dict=tiny_config(root, epochs=2, **ARCH)).record
 
     saved, config, (train_data, _, test_data) = target(checkpoint, root)
-    model = load_pretrained(config, train_data._dataset, saved["state_dict"]).eval()
+    model = load_pretrained(saved["state_dict"], config, train_data._dataset).eval()
     assert model.n_items == 46 and saved["config"]["dataset"] == "tiny"  # 45 items + padding; source had 30
     assert set(result.zero_shot_test) == {"recall@10", "mrr@10", "ndcg@10", "hit@10"}
     assert result.zero_shot_test["ndcg@10"] == pytest.approx(ndcg_at_10(model, test_data), abs=1e-4)
 
-    assert len(result.finetuned.curve) == 2
-    tuned = load_srt_checkpoint(result.finetuned.checkpoint)
+    assert len(result.valid_curve) == 2 and [s.name for s in result.stages] == ["all"]
+    tuned = load_srt_checkpoint(result.checkpoint)
     assert tuned["config"]["dataset"] == "other"
     assert tuned["state_dict"].keys() == saved["state_dict"].keys()  # no per-item tensor anywhere
     weight = "blocks.0.attn.qkv.weight"
     assert not torch.equal(tuned["state_dict"][weight], saved["state_dict"][weight])
     model.load_state_dict(tuned["state_dict"])
-    assert result.finetuned.test["ndcg@10"] == pytest.approx(ndcg_at_10(model, test_data), abs=1e-4)
+    assert result.test["ndcg@10"] == pytest.approx(ndcg_at_10(model, test_data), abs=1e-4)
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -105,31 +99,39 @@ def snapshot(model) -> dict[str, torch.Tensor]:
 def test_frozen_parameters_get_no_gradient_and_stay_bit_identical(pretrained, strategy, frozen, trained):
     checkpoint, root = pretrained
     # weight decay would move a frozen parameter if the optimizer held it
-    saved, config, (train_data, valid_data, test_data) = target(
-        checkpoint, root, finetune_strategy=strategy, epochs=1, weight_decay=0.1
-    )
-    model = load_pretrained(config, train_data._dataset, saved["state_dict"])
-    before = snapshot(model)
-    train_stages(config, model, train_data, valid_data, test_data, plan_stages(model, config))
+    saved = load_srt_checkpoint(checkpoint)
+    overrides = {"finetune_strategy": strategy, "epochs": 1, "weight_decay": 0.1}
+    config = transfer_config(saved["config"], "other", config_dict=tiny_config(root, **ARCH, **overrides))
+    before, grads = {}, {}
+
+    def build(config, dataset):
+        model = load_pretrained(saved["state_dict"], config, dataset)
+        before.update(snapshot(model))
+        return model
+
+    def record_grads(result, stats):
+        grads.update({name: p.grad is not None for name, p in result.model.named_parameters()})
+
+    model = run(config, build_model=build, plan=plan_stages, saved=False, on_epoch=record_grads).model
     for name, param in model.named_parameters():
         if name.startswith(frozen):
-            assert param.grad is None, name
+            assert not grads[name], name
             assert torch.equal(param, before[name]), name
         if name.startswith(trained):
-            assert param.grad is not None, name
+            assert grads[name], name
             assert not torch.equal(param, before[name]), name
 
 
 def test_progressive_unfreezes_top_down_then_everything_within_the_budget():
-    model = make_srt(10, n_layers=3)
     config = {
+        "n_layers": 3,
         "finetune_strategy": "progressive",
         "epochs": 5,
         "progressive_epochs": 1,
         "learning_rate": 1e-3,
         "finetune_learning_rate": {"progressive": [3e-4, 3e-4, 2e-4, 1e-4]},
     }
-    stages = plan_stages(model, config)
+    stages = plan_stages(config)
     assert [s.prefixes for s in stages] == [
         ("blocks.2.", "final_norm."),
         ("blocks.1.", "blocks.2.", "final_norm."),
@@ -138,10 +140,7 @@ def test_progressive_unfreezes_top_down_then_everything_within_the_budget():
     ]
     assert [s.epochs for s in stages] == [1, 1, 1, 2]
     assert [s.learning_rate for s in stages] == [3e-4, 3e-4, 2e-4, 1e-4]
-    assert (
-        plan_stages(model, {**config, "finetune_strategy": "full", "finetune_learning_rate": None})[0].epochs
-        == 5
-    )
+    assert plan_stages({**config, "finetune_strategy": "full", "finetune_learning_rate": None})[0].epochs == 5
 
 
 @pytest.mark.parametrize(
@@ -154,10 +153,16 @@ def test_progressive_unfreezes_top_down_then_everything_within_the_budget():
     ],
 )
 def test_bad_strategy_settings_are_clear_errors(overrides, message):
-    config = {"finetune_strategy": "full", "epochs": 5, "progressive_epochs": 1, "finetune_top_k": 1}
+    config = {
+        "n_layers": 3,
+        "finetune_strategy": "full",
+        "epochs": 5,
+        "progressive_epochs": 1,
+        "finetune_top_k": 1,
+    }
     config |= {"learning_rate": 1e-3, "finetune_learning_rate": None, **overrides}
     with pytest.raises(TransferError, match=message):
-        plan_stages(make_srt(10, n_layers=3), config)
+        plan_stages(config)
 
 
 @pytest.mark.slow
@@ -181,7 +186,7 @@ def test_features_of_another_dimension_are_refused(pretrained, tmp_path):
     tokens = [line.split("\t")[0] for line in (root / "other" / "other.item").read_text().splitlines()[1:]]
     np.save(tmp_path / "feats.npy", np.random.default_rng(0).normal(size=(len(tokens), 12)))
     (tmp_path / "feats.ids").write_text("\n".join(tokens))
-    with pytest.raises(TransferError, match="takes 384-dim features, but other's item features are 12-dim"):
+    with pytest.raises(ItemFeatureError, match="takes 384-dim features; other's item features: 12-dim"):
         finetune(
             checkpoint,
             "other",

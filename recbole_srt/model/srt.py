@@ -20,6 +20,7 @@ seeing padding.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from recbole_srt.features import load_item_features
+from recbole_srt.model.params import ParamCounts, catalog_params
 
 LOSS_TYPES = ("CE", "SSM", "BPR")
 SIMILARITIES = ("dot", "cosine")
@@ -129,8 +131,29 @@ class SRT(SequentialRecommender):
     # Negatives for SSM and BPR are drawn by the model itself (popularity, with logQ correction),
     # so RecBole's train_neg_sample_args must stay None for every loss_type.
     input_type = InputType.POINTWISE
+    # Parameter-name prefixes of everything but the item tower (fine-tuning freezes the tower alone).
+    SEQUENCE_MODULES = ("position_embedding.", "input_norm.", "blocks.", "final_norm.")
 
-    def __init__(self, config, dataset, item_features: torch.Tensor | None = None):
+    def __init__(
+        self,
+        config,
+        dataset=None,
+        item_features: torch.Tensor | None = None,
+        item_counts: torch.Tensor | None = None,
+    ):
+        """Build SRT over a RecBole ``dataset``, or over a feature matrix alone.
+
+        Args:
+            config: RecBole ``Config`` (or a dict with the same keys).
+            dataset: the training dataset; gives the item features (unless ``item_features``) and the
+                training counts that popularity sampling uses (unless ``item_counts``).
+            item_features: ``[N, F]`` frozen features, row ``i`` = internal item id ``i`` (row 0 padding).
+            item_counts: ``[N]`` training occurrences per item; ``None`` without a dataset = uniform.
+        """
+        if item_features is None:
+            item_features = load_item_features(config, dataset)
+        if dataset is None:  # SequentialRecommender only asks a dataset for the number of item ids
+            dataset = SimpleNamespace(num=lambda field: item_features.shape[0])
         super().__init__(config, dataset)
         self.loss_type = config["loss_type"]
         if self.loss_type not in LOSS_TYPES:
@@ -147,13 +170,16 @@ class SRT(SequentialRecommender):
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"SRT similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
 
-        if item_features is None:
-            item_features = load_item_features(config, dataset)
         if item_features.shape[0] != self.n_items:
             raise ValueError(f"item_features has {item_features.shape[0]} rows for {self.n_items} item ids")
         self.register_buffer("item_features", item_features.float(), persistent=False)
-        counts = torch.bincount(torch.as_tensor(dataset.inter_feat[self.ITEM_ID]), minlength=self.n_items)
-        sampling_weight = (counts + 1).float()
+        if item_counts is None:
+            item_counts = (
+                torch.bincount(torch.as_tensor(dataset.inter_feat[self.ITEM_ID]), minlength=self.n_items)
+                if hasattr(dataset, "inter_feat")
+                else torch.zeros(self.n_items)
+            )
+        sampling_weight = (item_counts + 1).float()
         sampling_weight[0] = 0.0  # never sample padding
         self.register_buffer("sampling_weight", sampling_weight, persistent=False)
         self.register_buffer("log_q", torch.log(sampling_weight / sampling_weight.sum()), persistent=False)
@@ -162,6 +188,7 @@ class SRT(SequentialRecommender):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             self, ["item_features", "sampling_weight", "log_q"]
         )
+        self._catalog_cache: tuple[tuple, torch.Tensor] | None = None
 
         dropout, eps = config["hidden_dropout_prob"], config["layer_norm_eps"]
         self.item_tower = ItemTower(
@@ -211,6 +238,27 @@ class SRT(SequentialRecommender):
     def all_item_embeddings(self) -> torch.Tensor:
         """``[N, d]``: the whole catalog through the item tower (row 0 = padding)."""
         return self.item_tower(self.item_features)
+
+    def _catalog_keys(self) -> torch.Tensor:
+        """``[N, d]`` catalog vectors as scored; computed once per evaluation and reused.
+
+        Outside training (eval mode, no grad) the result is cached under the versions of the feature
+        buffer and of every item-tower tensor: an optimizer step, ``load_state_dict`` or a new
+        feature matrix changes one of them, so the cache is never stale.
+        """
+        if self.training or torch.is_grad_enabled():
+            return self._key(self.all_item_embeddings())
+        tensors = (self.item_features, *self.item_tower.parameters(), *self.item_tower.buffers())
+        version = tuple((id(t), t._version, t.device) for t in tensors)
+        if self._catalog_cache is None or self._catalog_cache[0] != version:
+            self._catalog_cache = (version, self._key(self.all_item_embeddings()))
+        return self._catalog_cache[1]
+
+    def num_params(self) -> ParamCounts:
+        """Parameter counts, as nanoGPT's ``get_num_params``: see :class:`ParamCounts`."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        blocks = sum(p.numel() for p in self.blocks.parameters())
+        return ParamCounts(trainable, non_embedding=blocks, catalog=catalog_params(self, self.n_items))
 
     def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
         """``[B, L]`` item ids (right-padded with 0) -> ``[B, L, d]`` hidden state at every position."""
@@ -277,6 +325,6 @@ class SRT(SequentialRecommender):
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         """Scores over the whole catalog -> ``[B, N]``; padding id 0 scores ``-inf``."""
-        scores = self._last_query(interaction) @ self._key(self.all_item_embeddings()).T
+        scores = self._last_query(interaction) @ self._catalog_keys().T
         scores[:, 0] = float("-inf")
         return scores

@@ -213,11 +213,15 @@ def _fit_lse(
     names: tuple[str, ...],
     logx: np.ndarray,
     logy: np.ndarray,
-    starts: np.ndarray | None,
-    delta: float,
-    maxiter: int,
+    starts: np.ndarray | None = None,
+    delta: float = HUBER_DELTA,
+    maxiter: int = 2000,
 ) -> FitResult:
-    """Multistart L-BFGS on the log-sum-exp model; returns the best start with a convergence verdict."""
+    """Multistart L-BFGS on the log-sum-exp model; returns the best start with a convergence verdict.
+
+    ``starts``: natural log-space starts, one row each (default :func:`start_grid`); ``delta``: the
+    Huber loss's; ``maxiter``: L-BFGS iterations per start.
+    """
     if starts is None:
         starts = start_grid(logx, logy)
     centre = logx.mean(axis=0)
@@ -304,15 +308,8 @@ def _positive(name: str, values) -> np.ndarray:
     return arr
 
 
-def fit_power_law(
-    x: Sequence[float],
-    y: Sequence[float],
-    *,
-    starts: np.ndarray | None = None,
-    delta: float = HUBER_DELTA,
-    maxiter: int = 2000,
-) -> FitResult:
-    """Fit ``y = E + A / x**alpha`` (e.g. L(N) or L(C)).
+def fit_power_law(x: Sequence[float], y: Sequence[float], **options) -> FitResult:
+    """Fit ``y = E + A / x**alpha`` (e.g. L(N) or L(C)); ``options``: those of :func:`_fit_lse`.
 
     ``starts``: optional (m, 3) array of natural log-space starts (e, a, alpha); default ``start_grid``.
     Raises ValueError with fewer than 3 distinct x (three parameters cannot be identified from fewer).
@@ -323,19 +320,11 @@ def fit_power_law(
     if len(np.unique(x_arr)) < 3:
         raise ValueError(f"power-law fit needs >= 3 distinct sizes, got {len(np.unique(x_arr))}")
     logx = np.log(x_arr)[:, None]
-    return _fit_lse("power_law", POWER_LAW_PARAMS, logx, np.log(y_arr), starts, delta, maxiter)
+    return _fit_lse("power_law", POWER_LAW_PARAMS, logx, np.log(y_arr), **options)
 
 
-def fit_chinchilla(
-    N: Sequence[float],
-    D: Sequence[float],
-    y: Sequence[float],
-    *,
-    starts: np.ndarray | None = None,
-    delta: float = HUBER_DELTA,
-    maxiter: int = 2000,
-) -> FitResult:
-    """Fit ``y = E + A / N**alpha + B / D**beta`` (Chinchilla approach 3).
+def fit_chinchilla(N: Sequence[float], D: Sequence[float], y: Sequence[float], **options) -> FitResult:
+    """Fit ``y = E + A / N**alpha + B / D**beta`` (Chinchilla approach 3); ``options``: as :func:`_fit_lse`.
 
     ``starts``: optional (m, 5) array of natural log-space starts (e, a, alpha, b, beta).
     Raises ValueError with fewer than 5 points or fewer than 3 distinct N or D values.
@@ -352,7 +341,7 @@ def fit_chinchilla(
             f"got {len(np.unique(n_arr))} and {len(np.unique(d_arr))}"
         )
     logx = np.log(np.column_stack([n_arr, d_arr]))
-    return _fit_lse("chinchilla", CHINCHILLA_PARAMS, logx, np.log(y_arr), starts, delta, maxiter)
+    return _fit_lse("chinchilla", CHINCHILLA_PARAMS, logx, np.log(y_arr), **options)
 
 
 def fit_law(

@@ -1,0 +1,90 @@
+"""What a training run costs in FLOPs, measured on real batches (parameters: :mod:`recbole_srt.model.params`).
+
+FLOPs (:func:`training_step_flops`) are measured, not modelled: ``torch.utils.flop_counter.FlopCounterMode``
+around ``loss = model.calculate_loss(batch); loss.backward()`` on a real batch. It counts
+matrix products (``mm``, ``addmm``, ``bmm``, ``baddbmm``, convolutions, fused attention) as ``2 m n k``
+and ignores element-wise work (LayerNorm, GELU, softmax, bias adds, the optimizer). torch does not
+register a formula for the CPU flash-attention kernels that ``scaled_dot_product_attention`` runs on
+CPU, so :data:`CPU_ATTENTION_FORMULAS` adds them with torch's own convention for the GPU kernels:
+forward ``QK^T`` + ``AV`` over the full ``L x L`` square (no causal discount), backward 5 products
+(the scores are recomputed). Hand-written attention (SASRec, BERT4Rec) is counted as its ``matmul``\\ s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def _attention_forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """``QK^T`` and ``AV`` of fused attention; shapes ``[B, H, L, D]``."""
+    b, h, s_q, d_q = query
+    s_k, d_v = key[2], value[3]
+    return 2 * b * h * s_q * s_k * d_q + 2 * b * h * s_q * s_k * d_v
+
+
+def _attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """Recompute ``QK^T``, then ``dP = dO V^T``, ``dV = P^T dO``, ``dQ = dS K``, ``dK = dS^T Q``."""
+    b, h, s_q, d_q = query
+    s_k, d_v = key[2], value[3]
+    return 3 * (2 * b * h * s_q * s_k * d_q) + 2 * (2 * b * h * s_q * s_k * d_v)
+
+
+def _cpu_attention_formulas() -> dict:
+    formulas = {}
+    for name, formula in (
+        ("_scaled_dot_product_flash_attention_for_cpu", _attention_forward),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", _attention_backward),
+    ):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            formulas[op] = formula
+    return formulas
+
+
+CPU_ATTENTION_FORMULAS = _cpu_attention_formulas()
+
+
+def training_step_flops(model: nn.Module, interaction, enable_amp: bool = False) -> int:
+    """FLOPs of one training step's forward and backward on ``interaction`` (a real batch).
+
+    The model is put in training mode; gradients are cleared afterwards and the torch RNG state
+    (dropout, SRT's negative sampling) is restored, so measuring does not change the run.
+    """
+    device = next(model.parameters()).device
+    model.train()
+    rng_devices = [device] if device.type == "cuda" else []
+    with (
+        torch.random.fork_rng(devices=rng_devices),
+        FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FORMULAS) as counter,
+    ):
+        autocast = torch.autocast(device_type=device.type) if enable_amp else contextlib.nullcontext()
+        with autocast:
+            loss = model.calculate_loss(interaction)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def epoch_flops(model: nn.Module, train_data, enable_amp: bool, seed: int) -> int:
+    """Training FLOPs of one epoch, measured on real batches.
+
+    An epoch is ``n_full`` full batches plus one partial batch of the remaining sequences; each
+    kind is measured once (:func:`training_step_flops`) on sequences drawn at random from the
+    training set, through the dataloader's own collation (BERT4Rec's masking included).
+    Batch-to-batch differences (SRT's distinct items, BERT4Rec's masked count) are not averaged out.
+    """
+    n_rows, batch_size = len(train_data._dataset), train_data.step
+    n_full, rest = divmod(n_rows, batch_size)
+    rng = np.random.default_rng(seed)
+    device = next(model.parameters()).device
+
+    def measure(size: int) -> int:
+        batch = train_data.collate_fn(rng.choice(n_rows, size, replace=False).tolist())
+        return training_step_flops(model, batch.to(device), enable_amp)
+
+    return (n_full * measure(batch_size) if n_full else 0) + (measure(rest) if rest else 0)

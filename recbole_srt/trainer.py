@@ -1,0 +1,124 @@
+"""SRT's trainer: RecBole's ``Trainer`` that records what every run reports, epoch by epoch.
+
+``recbole.utils.get_trainer(ModelType.SEQUENTIAL, "SRT")`` returns :class:`SRTTrainer` (see
+:mod:`recbole_srt.registration`), so ``run_recbole --model=SRT`` trains with it. The recording
+itself is the mixin :class:`EpochRecorder`; :func:`recording` puts it on any RecBole trainer, so
+baselines trained by :func:`recbole_srt.pipeline.run` are measured the same way.
+
+Per epoch (:class:`EpochStats`): training seconds, the number of next-item targets trained on
+(so throughput), the target-weighted mean training loss, validation seconds, the validation result
+and the mean full-catalog cross-entropy of the validation targets (``valid_loss``; NaN for
+sampled evaluation). RecBole's training loop, early stopping and checkpoints are unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from recbole.trainer import Trainer
+
+
+@dataclass
+class EpochStats:
+    """One training epoch and the validation after it."""
+
+    epoch: int
+    train_seconds: float
+    train_targets: int
+    train_loss: float
+    valid_seconds: float = math.nan
+    valid_score: float = math.nan
+    valid_loss: float = math.nan
+    valid: dict = field(default_factory=dict)
+    is_best: bool = False
+
+    @property
+    def targets_per_s(self) -> float:
+        return self.train_targets / self.train_seconds if self.train_seconds else math.nan
+
+
+def training_targets(model: torch.nn.Module, interaction) -> torch.Tensor:
+    """Number of next-item targets the training loss is computed on in ``interaction`` (0-dim tensor).
+
+    SRT with ``train_all_positions``: every real position; BERT4Rec: the masked positions its loss
+    counts (``MASK_INDEX > 0``); otherwise one target per sequence.
+    """
+    if getattr(model, "train_all_positions", False):
+        return interaction[model.ITEM_SEQ_LEN].sum()
+    if hasattr(model, "MASK_INDEX"):
+        return (interaction[model.MASK_INDEX] > 0).sum()
+    return torch.tensor(interaction[model.ITEM_SEQ].shape[0])
+
+
+class EpochRecorder:
+    """Mixin for a RecBole trainer: appends one :class:`EpochStats` to ``self.history`` per epoch.
+
+    ``self.eval_loss`` is the mean full-catalog cross-entropy of the last :meth:`evaluate` call.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.history: list[EpochStats] = []
+        self.eval_loss = math.nan
+        self._eval_loss_sum = torch.zeros(())
+        self._eval_count = 0
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        loss_func = loss_func or self.model.calculate_loss
+        loss_sum = torch.zeros((), device=self.device)
+        targets = torch.zeros((), dtype=torch.long, device=self.device)
+
+        def counted_loss(interaction):
+            nonlocal loss_sum, targets
+            loss = loss_func(interaction)
+            n = training_targets(self.model, interaction).to(self.device)
+            loss_sum = loss_sum + loss.detach().float() * n
+            targets = targets + n
+            return loss
+
+        start = time.perf_counter()
+        total = super()._train_epoch(
+            train_data, epoch_idx, loss_func=counted_loss, show_progress=show_progress
+        )
+        seconds = time.perf_counter() - start
+        n = int(targets)
+        self.history.append(EpochStats(epoch_idx, seconds, n, float(loss_sum) / max(n, 1)))
+        return total
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        start = time.perf_counter()
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        stats = self.history[-1]
+        stats.valid_seconds = time.perf_counter() - start
+        stats.valid_score, stats.valid, stats.valid_loss = float(score), dict(result), self.eval_loss
+        # RecBole's early stopping (called next, against the best so far) takes ties as a new best.
+        bigger = self.valid_metric_bigger
+        stats.is_best = score >= self.best_valid_score if bigger else score <= self.best_valid_score
+        return score, result
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        self._eval_loss_sum, self._eval_count = torch.zeros((), device=self.device), 0
+        result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        self.eval_loss = float(self._eval_loss_sum / self._eval_count) if self._eval_count else math.nan
+        return result
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        log_probs = torch.log_softmax(scores.float(), dim=1)
+        self._eval_loss_sum = self._eval_loss_sum - log_probs[positive_u, positive_i.to(scores.device)].sum()
+        self._eval_count += len(positive_u)
+        return interaction, scores, positive_u, positive_i
+
+
+class SRTTrainer(EpochRecorder, Trainer):
+    """The trainer RecBole picks for SRT: RecBole's ``Trainer`` with :class:`EpochRecorder`."""
+
+
+def recording(trainer_class: type[Trainer]) -> type[Trainer]:
+    """``trainer_class`` with :class:`EpochRecorder` (itself, if it records already)."""
+    if issubclass(trainer_class, EpochRecorder):
+        return trainer_class
+    return type(f"Recording{trainer_class.__name__}", (EpochRecorder, trainer_class), {})
