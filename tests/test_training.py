@@ -15,7 +15,7 @@ from conftest import tiny_config, write_tiny_dataset
 from recbole.quick_start import load_data_and_model, objective_function
 
 from recbole_srt import SRT
-from recbole_srt.cli import main, parse_args
+from recbole_srt.cli import main, parse_args, quiet_library_warnings
 
 RUN_RECBOLE = shutil.which("run_recbole") or str(Path(sys.executable).with_name("run_recbole"))
 TINY = [
@@ -93,3 +93,33 @@ def test_recbole_objective_function_trains_srt_by_name(tmp_path):
     )
     assert set(result["test_result"]) >= {"ndcg@10", "recall@10"}
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("message", "category", "module", "silenced"),
+    [
+        ("pkg_resources is deprecated as an API.", UserWarning, "ray._private.parameter", True),
+        (
+            "A value is trying to be set on a copy of a DataFrame",
+            FutureWarning,
+            "recbole.data.dataset.dataset",
+            True,
+        ),
+        (
+            "`torch.cuda.amp.GradScaler(args...)` is deprecated.",
+            FutureWarning,
+            "recbole.trainer.trainer",
+            True,
+        ),
+        ("A value is trying to be set on a copy of a DataFrame", FutureWarning, "my_own_code", False),
+        ("something else", FutureWarning, "recbole.data.dataset.dataset", False),
+    ],
+)
+def test_cli_silences_exactly_recboles_known_harmless_warnings(message, category, module, silenced):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        quiet_library_warnings()
+        warnings.warn_explicit(message, category, "file.py", 1, module=module)
+    assert (not caught) == silenced
