@@ -198,22 +198,40 @@ def literal_config_values() -> None:
     Config._convert_config_dict = _convert_config_dict
 
 
-# model name -> its YAML defaults; filled by recbole_srt.registration
+# model name -> its YAML defaults, and the folder of its named recipes; filled by registration
 PLUGIN_YAMLS: dict[str, Path] = {}
+PLUGIN_RECIPES: dict[str, Path] = {}
 _recbole_update_internal_config_dict = Config._update_internal_config_dict
+
+
+class UnknownRecipeError(ValueError):
+    """A ``recipe`` that the model does not ship."""
+
+
+def recipe_yaml(model: str, recipe: str) -> Path:
+    """The YAML of ``model``'s named ``recipe``; :class:`UnknownRecipeError` naming the shipped ones."""
+    folder = PLUGIN_RECIPES.get(model)
+    shipped = sorted(p.stem for p in folder.glob("*.yaml")) if folder else []
+    if recipe not in shipped:
+        raise UnknownRecipeError(f"{model} has no recipe {recipe!r}; shipped recipes: {shipped}")
+    return folder / f"{recipe}.yaml"
 
 
 def _update_internal_config_dict(self: Config, file: str):
     loaded = _recbole_update_internal_config_dict(self, file)
     if self.model in PLUGIN_YAMLS and Path(file).resolve() == _OVERALL_YAML:
-        _recbole_update_internal_config_dict(self, str(PLUGIN_YAMLS[self.model]))
+        defaults = _recbole_update_internal_config_dict(self, str(PLUGIN_YAMLS[self.model])) or {}
+        recipe = self.external_config_dict.get("recipe", defaults.get("recipe"))
+        if recipe:
+            _recbole_update_internal_config_dict(self, str(recipe_yaml(self.model, recipe)))
     return loaded
 
 
 def plugin_model_yamls() -> None:
-    """A plugin model's YAML loads right after ``overall.yaml``, where RecBole loads its own models'.
+    """A plugin model's YAML loads right after ``overall.yaml``, where RecBole loads its own models',
+    and its ``recipe`` (if one is named) right after that.
 
-    So it outranks ``overall.yaml`` and is outranked by the dataset's YAML, RecBole's quick-start
+    So they outrank ``overall.yaml`` and are outranked by the dataset's YAML, RecBole's quick-start
     presets and everything the user passes, exactly as for RecBole's built-in models.
     """
     Config._update_internal_config_dict = _update_internal_config_dict

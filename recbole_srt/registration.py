@@ -5,8 +5,9 @@
   ``objective_function``, ``load_data_and_model`` and ``Config`` all go through it).
 * Trainer: ``recbole.utils.get_trainer(model_type, name)`` takes ``recbole.trainer.<Name>Trainer``
   when it exists; ``SRTTrainer`` is set there.
-* YAML defaults: ``properties/model/<Name>.yaml`` (installed as ``recbole_srt.properties``),
-  loaded in RecBole's order by :func:`recbole_srt.compat.plugin_model_yamls`.
+* YAML defaults: ``properties/model/<Name>.yaml`` (installed as ``recbole_srt.properties``) and the
+  named recipes of ``properties/recipes/``, loaded in RecBole's order by
+  :func:`recbole_srt.compat.plugin_model_yamls`.
 
 It must happen in every process (Ray workers and DDP ranks included): ``import recbole_srt`` does it.
 """
@@ -38,3 +39,4 @@ def register() -> None:
         trainer = f"{name}Trainer"
         setattr(recbole_trainers, trainer, getattr(importlib.import_module(trainer_module), trainer))
         compat.PLUGIN_YAMLS[name] = plugin_yaml(name)
+        compat.PLUGIN_RECIPES[name] = Path(str(files("recbole_srt.properties") / "recipes"))

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from recbole.trainer import Trainer
 
+from recbole_srt.optim import build_optimizer
+
 
 @dataclass
 class EpochStats:
@@ -113,8 +115,51 @@ class EpochRecorder:
         return interaction, scores, positive_u, positive_i
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class SRTTrainer(EpochRecorder, Trainer):
-    """The trainer RecBole picks for SRT: RecBole's ``Trainer`` with :class:`EpochRecorder`."""
+    """The trainer RecBole picks for SRT: RecBole's ``Trainer`` with :class:`EpochRecorder`, plus
+
+    * the optimiser and per-batch schedule of :mod:`recbole_srt.optim` (saved in every checkpoint);
+    * ``precision``: ``bf16`` autocasts the loss (CPU or GPU); ``fp16`` autocasts with a GradScaler
+      (CUDA only); RecBole's own ``enable_amp`` is replaced by it;
+    * ``compile``: the training loss runs through ``torch.compile``.
+    """
+
+    def __init__(self, config, model):
+        precision = config["precision"]
+        if precision == "fp32" and config["enable_amp"]:  # RecBole's switch: its default autocast dtype
+            precision = "fp16" if config["device"].type == "cuda" else "bf16"
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        if precision == "fp16" and config["device"].type != "cuda":
+            raise ValueError("precision fp16 needs a CUDA device (GradScaler); use bf16 on CPU")
+        super().__init__(config, model)
+        self.autocast_dtype = PRECISIONS[precision]
+        self.enable_amp = False  # SRTTrainer autocasts itself, with the dtype precision names
+        self.enable_scaler = precision == "fp16"
+        self.loss = torch.compile(model.calculate_loss) if config["compile"] else model.calculate_loss
+
+    def _build_optimizer(self, **kwargs):
+        params = kwargs.get("params") or self.model.parameters()
+        return build_optimizer(self.config, params, kwargs.get("learning_rate", self.learning_rate))
+
+    def _precise_loss(self, interaction):
+        if self.autocast_dtype is None:
+            return self.loss(interaction)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            return self.loss(interaction)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        loss_func = loss_func or self._precise_loss
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+    def fit(
+        self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None
+    ):
+        self.optimizer.total_steps = self.epochs * len(train_data)  # the schedule's length
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
 
 def recording(trainer_class: type[Trainer]) -> type[Trainer]:

@@ -286,3 +286,38 @@ def test_built_from_a_feature_matrix_alone_samples_uniformly():
     bare = type(model)(config, item_features=model.item_features)
     assert bare.n_items == N_ITEMS and bare.sampling_weight[0] == 0
     assert torch.all(bare.sampling_weight[1:] == 1)
+
+
+def test_per_example_negatives_match_hand_computation_exclude_the_positive_and_carry_logq():
+    model = make_srt(N_ITEMS, loss_type="SSM", neg_sample_num=7, similarity="dot", negatives="example").eval()
+    batch = make_batch(N_ITEMS, batch_size=6)
+    torch.manual_seed(5)
+    loss = model.calculate_loss(batch)
+
+    torch.manual_seed(5)
+    hidden, targets = model._targets(batch)
+    negatives = torch.multinomial(model.sampling_weight, len(targets) * 7, replacement=True).view(-1, 7)
+    assert (negatives == targets.unsqueeze(1)).any(), "the draw should hit a positive for this test"
+    items = model.item_tower(model.item_features)
+    logits = hidden @ items.T - (model.sampling_weight / model.sampling_weight.sum()).log()
+    pos = logits.gather(1, targets.unsqueeze(1))
+    neg = logits.gather(1, negatives).masked_fill(negatives == targets.unsqueeze(1), float("-inf"))
+    torch.testing.assert_close(loss, F.cross_entropy(torch.cat([pos, neg], 1), torch.zeros_like(targets)))
+
+
+@pytest.mark.parametrize("loss_type", ["SSM", "BPR"])
+def test_per_example_negatives_train(loss_type):
+    model = make_srt(N_ITEMS, loss_type=loss_type, negatives="example")
+    loss = model.calculate_loss(make_batch(N_ITEMS))
+    loss.backward()
+    assert torch.isfinite(loss) and model.item_tower.output_layer.weight.grad is not None
+
+
+def test_layer_wise_dropout_from_a_list_or_a_linear_rule():
+    model = make_srt(N_ITEMS, n_layers=3, hidden_dropout_prob={"first": 0.5, "last": 0.1})
+    rates = [block.ffn[-1].p for block in model.blocks]
+    assert rates == pytest.approx([0.5, 0.3, 0.1]) and model.input_dropout.p == pytest.approx(0.5)
+    listed = make_srt(N_ITEMS, n_layers=2, hidden_dropout_prob=[0.2, 0.4], attn_dropout_prob=[0.1, 0.0])
+    assert [b.attn.attn_dropout for b in listed.blocks] == [0.1, 0.0]
+    with pytest.raises(ValueError, match="need 3 values"):
+        make_srt(N_ITEMS, n_layers=3, hidden_dropout_prob=[0.1, 0.2])

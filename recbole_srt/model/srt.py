@@ -34,6 +34,52 @@ from recbole_srt.model.params import ParamCounts, catalog_params
 
 LOSS_TYPES = ("CE", "SSM", "BPR")
 SIMILARITIES = ("dot", "cosine")
+PROJECTIONS = ("linear", "mlp")
+NEGATIVES = ("batch", "example")
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "swish": nn.SiLU}
+
+
+def per_block(value, n_layers: int) -> list[float]:
+    """A dropout for each of ``n_layers`` blocks from a number, a list of ``n_layers`` numbers, or
+    ``{first: p0, last: p1}`` (linear from the first block to the last; Zhang et al.'s layer-wise
+    adaptive dropout puts the higher rate on the lower blocks)."""
+    if isinstance(value, dict):
+        if set(value) != {"first", "last"}:
+            raise ValueError(f"a per-block dropout rule is {{first: p, last: p}}, got {value}")
+        step = (value["last"] - value["first"]) / max(1, n_layers - 1)
+        values = [value["first"] + i * step for i in range(n_layers)]
+    elif isinstance(value, list | tuple):
+        values = list(value)
+    else:
+        values = [value] * n_layers
+    if len(values) != n_layers or not all(0 <= float(v) < 1 for v in values):
+        raise ValueError(f"dropout {value!r}: need {n_layers} values in [0, 1)")
+    return [float(v) for v in values]
+
+
+def check_config(config) -> None:
+    """Refuse settings SRT cannot build, before any data is loaded or encoded."""
+    choices = {
+        "loss_type": LOSS_TYPES,
+        "similarity": SIMILARITIES,
+        "projection": PROJECTIONS,
+        "negatives": NEGATIVES,
+        "hidden_act": tuple(ACTIVATIONS),
+    }
+    for key, allowed in choices.items():
+        if config[key] not in allowed:
+            raise ValueError(f"SRT {key} must be one of {allowed}, got {config[key]!r}")
+    if config["hidden_size"] % config["n_heads"]:
+        raise ValueError(
+            f"hidden_size {config['hidden_size']} is not a multiple of n_heads {config['n_heads']}"
+        )
+    if config["train_neg_sample_args"]["distribution"] != "none":
+        raise ValueError(
+            "SRT samples its own negatives (neg_sample_num); set train_neg_sample_args: ~ "
+            f"(got {config['train_neg_sample_args']})"
+        )
+    for key in ("hidden_dropout_prob", "attn_dropout_prob"):
+        per_block(config[key], config["n_layers"])
 
 
 class ItemTower(nn.Module):
@@ -105,7 +151,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(hidden_size, n_heads, attn_dropout, dropout)
         self.ffn = nn.Sequential(
             nn.Linear(hidden_size, inner_size),
-            {"gelu": nn.GELU(), "relu": nn.ReLU(), "swish": nn.SiLU()}[act],
+            ACTIVATIONS[act](),
             nn.Linear(inner_size, hidden_size),
             nn.Dropout(dropout),
         )
@@ -150,25 +196,17 @@ class SRT(SequentialRecommender):
             item_features: ``[N, F]`` frozen features, row ``i`` = internal item id ``i`` (row 0 padding).
             item_counts: ``[N]`` training occurrences per item; ``None`` without a dataset = uniform.
         """
+        check_config(config)  # before any expensive step (encoding the catalog)
         if item_features is None:
             item_features = load_item_features(config, dataset)
         if dataset is None:  # SequentialRecommender only asks a dataset for the number of item ids
             dataset = SimpleNamespace(num=lambda field: item_features.shape[0])
         super().__init__(config, dataset)
-        self.loss_type = config["loss_type"]
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"SRT loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if config["train_neg_sample_args"]["distribution"] != "none":
-            raise ValueError(
-                "SRT samples its own negatives (neg_sample_num); set train_neg_sample_args: ~ "
-                f"(got {config['train_neg_sample_args']})"
-            )
+        self.loss_type, self.negatives = config["loss_type"], config["negatives"]
         self.hidden_size = config["hidden_size"]
         self.train_all_positions = config["train_all_positions"]
         self.neg_sample_num = config["neg_sample_num"]
         self.similarity, self.temperature = config["similarity"], config["temperature"]
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"SRT similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
 
         if item_features.shape[0] != self.n_items:
             raise ValueError(f"item_features has {item_features.shape[0]} rows for {self.n_items} item ids")
@@ -190,7 +228,9 @@ class SRT(SequentialRecommender):
         )
         self._catalog_cache: tuple[tuple, torch.Tensor] | None = None
 
-        dropout, eps = config["hidden_dropout_prob"], config["layer_norm_eps"]
+        n_layers, eps = config["n_layers"], config["layer_norm_eps"]
+        dropouts = per_block(config["hidden_dropout_prob"], n_layers)
+        attn_dropouts = per_block(config["attn_dropout_prob"], n_layers)
         self.item_tower = ItemTower(
             item_features.shape[1],
             self.hidden_size,
@@ -202,19 +242,19 @@ class SRT(SequentialRecommender):
             self.item_tower.standardize_over(item_features[1:].float())
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.input_norm = nn.LayerNorm(self.hidden_size, eps=eps)
-        self.input_dropout = nn.Dropout(dropout)
+        self.input_dropout = nn.Dropout(dropouts[0] if dropouts else 0.0)
         self.blocks = nn.ModuleList(
             Block(
                 self.hidden_size,
                 config["n_heads"],
                 config["inner_size"],
-                config["attn_dropout_prob"],
+                attn_dropout,
                 dropout,
                 config["hidden_act"],
                 eps,
                 config["norm_first"],
             )
-            for _ in range(config["n_layers"])
+            for dropout, attn_dropout in zip(dropouts, attn_dropouts, strict=True)
         )
         self.final_norm = nn.LayerNorm(self.hidden_size, eps=eps) if config["norm_first"] else nn.Identity()
         self.initializer_range = config["initializer_range"]
@@ -300,19 +340,34 @@ class SRT(SequentialRecommender):
             logits[:, 0] = float("-inf")
             return F.cross_entropy(logits.float(), targets)
 
-        negatives = torch.multinomial(self.sampling_weight, self.neg_sample_num, replacement=True)  # [K]
         pos_logits = (query * self._key(self.item_embedding(targets))).sum(-1, keepdim=True)  # [M, 1]
-        neg_logits = query @ self._key(self.item_embedding(negatives)).T  # [M, K]
-        is_positive = negatives.unsqueeze(0) == targets.unsqueeze(1)  # [M, K]
+        neg_logits, neg_log_q, is_positive = self._negative_logits(query, targets)  # [M, K] each
         if self.loss_type == "SSM":
             # logQ correction: subtract the log sampling probability from every sampled logit.
             pos_logits = pos_logits - self.log_q[targets].unsqueeze(1)
-            neg_logits = (neg_logits - self.log_q[negatives]).masked_fill(is_positive, float("-inf"))
+            neg_logits = (neg_logits - neg_log_q).masked_fill(is_positive, float("-inf"))
             logits = torch.cat([pos_logits, neg_logits], dim=1).float()
             return F.cross_entropy(logits, torch.zeros_like(targets))
         pair_loss = -F.logsigmoid((pos_logits - neg_logits).float())  # BPR, [M, K]
         keep = ~is_positive
         return (pair_loss * keep).sum() / keep.sum().clamp(min=1)
+
+    def _negative_logits(self, query: torch.Tensor, targets: torch.Tensor):
+        """Popularity-sampled negatives for ``query`` ``[M, d]``: their logits, log sampling
+        probabilities and where they equal the target, each ``[M, K]`` (broadcast for shared ones).
+
+        ``negatives: batch`` draws ``K`` items shared by the batch (one ``[M, d] @ [d, K]``);
+        ``negatives: example`` draws ``K`` for every target (``M * K`` items through the tower).
+        """
+        K = self.neg_sample_num
+        if self.negatives == "batch":
+            negatives = torch.multinomial(self.sampling_weight, K, replacement=True)  # [K]
+            logits = query @ self._key(self.item_embedding(negatives)).T
+            return logits, self.log_q[negatives].unsqueeze(0), negatives.unsqueeze(0) == targets.unsqueeze(1)
+        negatives = torch.multinomial(self.sampling_weight, len(targets) * K, replacement=True)
+        negatives = negatives.view(len(targets), K)  # [M, K]
+        logits = (query.unsqueeze(1) * self._key(self.item_embedding(negatives))).sum(-1)
+        return logits, self.log_q[negatives], negatives == targets.unsqueeze(1)
 
     def _last_query(self, interaction) -> torch.Tensor:
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
