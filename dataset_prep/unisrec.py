@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dataset_prep.atomic import Staging, dataset_config, write_json, write_tsv, write_yaml
+from dataset_prep.atomic import Staging, dataset_config, dataset_folder, write_json, write_tsv, write_yaml
 from dataset_prep.errors import PrepError
 from dataset_prep.text import clean_text
 
@@ -31,6 +31,7 @@ Example = tuple[int, list[int], int, int]  # user, history, target, line number
 
 def import_unisrec(input_dir: Path, name: str, output: Path, prefix: str | None, max_seq_len: int) -> dict:
     """Convert; return the report (also written as ``report.json``)."""
+    target = dataset_folder(output, name)
     prefix = prefix or _detect_prefix(input_dir)
     base = input_dir / prefix
     items = _index_file(Path(f"{base}.item2index"))
@@ -61,7 +62,7 @@ def import_unisrec(input_dir: Path, name: str, output: Path, prefix: str | None,
         "lines": {split: len(rows) for split, rows in splits.items()},
         "items_without_text": sum(items[i] not in texts for i in used),
     }
-    with Staging(output / name) as stage:
+    with Staging(target) as stage:
         write_tsv(stage.path(f"{name}.inter"), INTER_HEADER, [batch])
         with open(stage.path(f"{name}.item"), "w", encoding="utf-8") as out:
             out.write("\t".join(ITEM_HEADER) + "\n")
