@@ -71,7 +71,7 @@ class FileStats:
 @dataclass
 class Chunk:
     """Interactions parsed from one block: ids dictionary-encoded (done here, in the reading thread),
-    timestamps in seconds."""
+    timestamps as in the file (unit checked and converted by :mod:`dataset_prep.timestamps`)."""
 
     users: pa.DictionaryArray
     items: pa.DictionaryArray
@@ -80,13 +80,18 @@ class Chunk:
 
     @classmethod
     def of(cls, users: pa.Array, items: pa.Array, rating: np.ndarray, ts: np.ndarray) -> Chunk:
-        """Encode the id columns; rating as float32, ts as float64 seconds."""
+        """Encode the id columns; rating as float32, ts as float64."""
         return cls(
             pc.dictionary_encode(users),
             pc.dictionary_encode(items),
             rating.astype(np.float32),
             ts.astype(np.float64),
         )
+
+    def where(self, mask: np.ndarray) -> Chunk:
+        """Only the rows where ``mask`` is True."""
+        keep = pa.array(mask)
+        return Chunk(self.users.filter(keep), self.items.filter(keep), self.rating[mask], self.ts[mask])
 
 
 def read_interactions(path: Path, layout: Layout, stats: FileStats) -> Iterator[Chunk]:
@@ -127,7 +132,7 @@ def _slow_block(block: Block, layout: Layout, parse_line: Callable, stats: FileS
         users.append(user)
         items.append(item)
         ratings.append(rating)
-        stamps.append(ts / layout.time_divisor)
+        stamps.append(ts)
     stats.parsed += len(users)
     return Chunk.of(
         pa.array(users, pa.string()), pa.array(items, pa.string()), np.asarray(ratings), np.asarray(stamps)
@@ -206,7 +211,7 @@ def _csv_fast(block: Block, layout: CsvLayout) -> Chunk | None:
     ts = table[names[layout.time_col]].to_numpy()
     if not _clean_columns(users, items, rating, ts):
         return None
-    return Chunk.of(users, items, rating, ts / layout.time_divisor)
+    return Chunk.of(users, items, rating, ts)
 
 
 def _json_fast(block: Block, layout: JsonLayout) -> Chunk | None:
@@ -233,7 +238,7 @@ def _json_fast(block: Block, layout: JsonLayout) -> Chunk | None:
     ts = table[layout.time_key].to_numpy()
     if not _clean_columns(users, items, rating, ts):
         return None
-    return Chunk.of(users, items, rating, ts / layout.time_divisor)
+    return Chunk.of(users, items, rating, ts)
 
 
 def _clean_columns(users: pa.Array, items: pa.Array, rating: np.ndarray, ts: np.ndarray) -> bool:
