@@ -306,6 +306,39 @@ def read_meta(
         stats.check_usable("metadata")
 
 
+def check_first_lines(path: Path, layout: Layout | MetaLayout, count: int = 5) -> None:
+    """Raise :class:`PrepError` unless the first ``count`` non-blank lines are records of ``layout``: a quick
+    check that a download is the file it claims to be (not an HTML page, not another layout)."""
+    seen = 0
+    for block in LineBlocks(path, block_size=1 << 16):
+        for number, raw in enumerate(block.data.splitlines(), start=block.first_line):
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            if line.lstrip("\ufeff \t").startswith("<"):
+                raise PrepError(f"is an HTML page, not a data file (starts {line.strip()[:60]!r})", path)
+            try:
+                _parse_record(line, layout)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err:
+                raise PrepError(f"not the release's record layout: {err}", path, number) from None
+            seen += 1
+            if seen == count:
+                return
+    if not seen:
+        raise PrepError("holds no record", path)
+
+
+def _parse_record(line: str, layout: Layout | MetaLayout) -> None:
+    """Parse one line as ``layout`` (raising ValueError/TypeError/SyntaxError if it is not one)."""
+    if isinstance(layout, CsvLayout):
+        _csv_line(line, layout)
+    elif isinstance(layout, JsonLayout):
+        _json_line(line, layout)
+    else:
+        record = (_parse_json_object if layout.syntax == "json" else _parse_python_dict)(line)
+        _ident(record.get(layout.item_key), layout.item_key)
+
+
 def _parse_json_object(line: str) -> dict:
     try:
         record = json.loads(line)
