@@ -94,8 +94,12 @@ def locate(entry: Entry, relative: str, inputs: list[Path]) -> Path:
         return found
     name = file_name(relative)
     other = name[:-3] if name.endswith(".gz") else name + ".gz"
-    searched = ", ".join(str(d) + ("" if d.is_dir() else " (no such folder)") for d in inputs)
+    searched = ", ".join(str(d) + _folder_note(d) for d in inputs)
     hint = f"get it with `srt-prep download --release {entry.release.name} --category {entry.category}`"
+    folders = [f / n for base in inputs for f in (base / entry.release.name, base) for n in (name, other)]
+    misplaced = next((f for f in folders if f.is_dir()), None)
+    if misplaced is not None:
+        hint = f"{misplaced} is a folder, not the file"
     if relative == entry.interactions_path:
         for source, published in entry.release.sources.items():
             there = _find(published.path.format(cat=entry.category), entry.release.name, inputs)
@@ -106,6 +110,10 @@ def locate(entry: Entry, relative: str, inputs: list[Path]) -> Path:
                 )
                 break
     raise PrepError(f"{entry.label}: file {name} (or {other}) not found in {searched}; {hint}")
+
+
+def _folder_note(path: Path) -> str:
+    return "" if path.is_dir() else " (not a folder)" if path.exists() else " (no such folder)"
 
 
 def _find(relative: str, release: str, inputs: list[Path]) -> Path | None:

@@ -53,6 +53,8 @@ def download_entry(
 ) -> list[Path]:
     """Download the entry's interaction file (and metadata) into ``output/<release>/``."""
     base = (base_url or entry.release.base_url).rstrip("/") + "/"
+    if not base.startswith(("https://", "http://")):
+        raise PrepError(f"--base-url {base_url!r} is not an http:// or https:// URL")
     wanted = [(entry.interactions_path, entry.layout)]
     if with_meta:
         wanted.append((entry.meta_path, entry.release.meta_layout))
@@ -117,7 +119,7 @@ def fetch(url: str, dest: Path, timeout: float, check: Callable[[Path], None], l
                 part.unlink()
                 continue
             raise PrepError(f"download failed: HTTP {err.code} {err.reason} for {url}") from None
-        except NETWORK_ERRORS as err:
+        except (*NETWORK_ERRORS, ValueError) as err:  # ValueError: a URL urllib cannot parse (bad port)
             reason = getattr(err, "reason", err)
             raise PrepError(f"cannot reach {url} ({reason}); offline? Rerun later to resume.") from None
         with response:

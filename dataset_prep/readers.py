@@ -57,10 +57,18 @@ class FileStats:
         self.truncated = blocks.truncated
         self.partial_lines = int(bool(blocks.partial_tail.strip()))
 
+    def check_not_empty(self, what: str) -> None:
+        """Raise :class:`PrepError` when the file held no line at all."""
+        if self.lines == 0 and self.partial_lines == 0:
+            if self.truncated:
+                raise PrepError(
+                    f"the gzip stream ends before any {what} line (truncated download?)", self.path
+                )
+            raise PrepError(f"empty {what} file", self.path)
+
     def check_usable(self, what: str) -> None:
         """Raise :class:`PrepError` when the file held no usable record at all."""
-        if self.lines == 0 and self.partial_lines == 0:
-            raise PrepError(f"empty {what} file", self.path)
+        self.check_not_empty(what)
         if self.parsed == 0:
             first = self.examples[0] if self.examples else "only a truncated line"
             raise PrepError(
@@ -300,8 +308,7 @@ def read_meta(
             else:
                 stats.not_needed += 1
     stats.finish(blocks)
-    if stats.lines == 0 and stats.partial_lines == 0:
-        raise PrepError("empty metadata file", path)
+    stats.check_not_empty("metadata")
     if stats.parsed == 0 and stats.malformed:
         stats.check_usable("metadata")
 
