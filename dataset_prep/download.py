@@ -124,7 +124,11 @@ def fetch(url: str, dest: Path, timeout: float, check: Callable[[Path], None], l
             raise PrepError(f"cannot reach {url} ({reason}); offline? Rerun later to resume.") from None
         with response:
             start, total = _body_range(response, url)
-            if start not in (0, offset):  # some other range: useless, ask for the whole file
+            if start not in (0, offset):  # some other range: useless, ask for the whole file (once)
+                if not offset:
+                    raise PrepError(
+                        f"download failed: the server sent a partial body without a range for {url}"
+                    )
                 _note(part, f"the server sent bytes from {start}, not {offset}; starting again")
                 offset = 0
                 part.unlink(missing_ok=True)

@@ -28,7 +28,8 @@ class Server:
     ``no-length`` (no Content-Length, the body ends when the connection closes), ``short`` (announces the
     whole length, sends half), ``chunked-cut`` (chunked encoding, cut before the last chunk),
     ``range-200`` (answers a Range request with 200 and the whole file), ``range-206-from-0`` (answers
-    206 but sends the whole file from byte 0), ``range-206-elsewhere`` (206 from another offset)."""
+    206 but sends the whole file from byte 0), ``range-206-elsewhere`` (206 from another offset),
+    ``partial-always`` (206 with the second half of the file, even to a request without a range)."""
 
     def __init__(self, files: dict[str, bytes], modes: dict[str, str] | None = None) -> None:
         self.files = files
@@ -54,6 +55,10 @@ class Server:
                         self.end_headers()
                         return
                     start = {"range-206-from-0": 0, "range-206-elsewhere": start // 2}.get(mode, start)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                elif mode == "partial-always":  # a broken proxy: a part of the file to a plain request
+                    start = len(body) // 2
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
@@ -348,6 +353,17 @@ def test_resume_the_server_did_not_honour_restarts(
     expected = [(META, "bytes=5000-")] + ([(META, None)] if mode == "range-206-elsewhere" else [])
     assert metas == expected
     assert "starting again" in capsys.readouterr().err
+
+
+def test_partial_body_to_a_plain_request(tmp_path: Path, magazine: dict[str, bytes], capsys) -> None:
+    with serving(magazine, {META: "partial-always"}) as srv:
+        assert get_magazine(srv.url, tmp_path) == 2
+        assert [r for r in srv.requests if r[0] == META] == [(META, None)]  # refused, not retried forever
+    assert only_error_line(capsys.readouterr().err) == (
+        f"srt-prep: error: download failed: the server sent a partial body without a range for {srv.url}"
+        "metaFiles2/meta_Magazine_Subscriptions.json.gz"
+    )
+    assert not (tmp_path / "2018" / "meta_Magazine_Subscriptions.json.gz").exists()
 
 
 @pytest.mark.parametrize("mode", ["chunked-cut", "short"])
