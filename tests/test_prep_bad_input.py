@@ -7,8 +7,11 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -359,19 +362,31 @@ def test_output_that_cannot_be_written(tmp_path: Path, capsys) -> None:
     )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
-def test_read_only_output_folder(tmp_path: Path, capsys) -> None:
-    need_data()
-    out = tmp_path / "ro"
-    out.mkdir()
-    out.chmod(0o555)
+@contextmanager
+def read_only(folder: Path) -> Iterator[str]:
+    """Make ``folder`` unwritable for this process; yields the error text to expect. Root ignores
+    permission bits, so as root the folder is made immutable (chattr +i) instead, or the test skipped."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield "Permission denied"
+        finally:
+            folder.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode:
+        pytest.skip("running as root without chattr +i: no way to make a folder unwritable")
     try:
-        status, _, message = convert(capsys, MAGAZINE, out)
+        yield "Operation not permitted"
     finally:
-        out.chmod(0o755)
-    assert (
-        status == 2 and message == f"{out / '.mag.lock'}: cannot write the output folder (Permission denied)"
-    )
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_read_only_output_folder(capsys, good: Path) -> None:
+    before = snapshot(good)
+    with read_only(good) as reason:
+        status, _, message = convert(capsys, MAGAZINE, good, "--force")
+    assert status == 2 and message == f"{good / '.mag.lock'}: cannot write the output folder ({reason})"
+    assert snapshot(good) == before and [p.name for p in good.iterdir()] == [NAME]
 
 
 def test_2014_folder_with_only_the_5core_file(tmp_path: Path, capsys) -> None:
