@@ -38,7 +38,7 @@ from dataset_prep.registry import Entry, file_name
 from dataset_prep.report import Report
 from dataset_prep.streams import LineBlocks, prefetched
 from dataset_prep.table import Interactions
-from dataset_prep.timestamps import TimeCheck, unit_of
+from dataset_prep.timestamps import ODD_POLICIES, UNITS, TimeCheck, unit_of
 
 FORMAT_VERSION = 2  # 2: timestamps checked and normalised per file
 INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
@@ -92,12 +92,10 @@ def locate(entry: Entry, relative: str, inputs: list[Path]) -> Path:
     found = _find(relative, entry.release.name, inputs)
     if found is not None:
         return found
-    name = file_name(relative)
-    other = name[:-3] if name.endswith(".gz") else name + ".gz"
+    name, other = _names_of(relative)
     searched = ", ".join(str(d) + _folder_note(d) for d in inputs)
     hint = f"get it with `srt-prep download --release {entry.release.name} --category {entry.category}`"
-    folders = [f / n for base in inputs for f in (base / entry.release.name, base) for n in (name, other)]
-    misplaced = next((f for f in folders if f.is_dir()), None)
+    misplaced = _find(relative, entry.release.name, inputs, Path.is_dir)
     if misplaced is not None:
         hint = f"{misplaced} is a folder, not the file"
     if relative == entry.interactions_path:
@@ -116,13 +114,20 @@ def _folder_note(path: Path) -> str:
     return "" if path.is_dir() else " (not a folder)" if path.exists() else " (no such folder)"
 
 
-def _find(relative: str, release: str, inputs: list[Path]) -> Path | None:
+def _names_of(relative: str) -> tuple[str, str]:
+    """The published file name and its gzipped (or plain) twin."""
     name = file_name(relative)
-    names = [name, name[:-3]] if name.endswith(".gz") else [name, name + ".gz"]
+    return name, name[:-3] if name.endswith(".gz") else name + ".gz"
+
+
+def _find(
+    relative: str, release: str, inputs: list[Path], test: Callable[[Path], bool] = Path.is_file
+) -> Path | None:
+    """The first ``DIR/<release>/NAME`` or ``DIR/NAME`` (either twin) for which ``test`` holds."""
     for base in inputs:
         for folder in (base / release, base):
-            for candidate in names:
-                if (folder / candidate).is_file():
+            for candidate in _names_of(relative):
+                if test(folder / candidate):
                     return folder / candidate
     return None
 
@@ -131,6 +136,11 @@ def convert(opts: ConvertOptions) -> dict:
     """Run the conversion; return the report (the previous one, marked ``up_to_date``, for a no-op)."""
     if not opts.entries:
         raise PrepError("nothing to convert: give --category or --spec")
+    if opts.timestamp_unit not in UNITS or opts.odd_timestamps not in ODD_POLICIES:
+        raise PrepError(
+            f"timestamp_unit must be one of {UNITS} and odd_timestamps one of {ODD_POLICIES}, got "
+            f"{opts.timestamp_unit!r} and {opts.odd_timestamps!r}"
+        )
     target = dataset_folder(opts.output, opts.name)
     files = [
         (e, locate(e, e.interactions_path, opts.inputs), locate(e, e.meta_path, opts.inputs))
@@ -164,7 +174,7 @@ def _convert(
         times = TimeCheck(
             str(path), entry.release.name, unit_of(entry.layout.time_divisor), opts.timestamp_unit
         )
-        first = rows = segments[-1][1] if segments else 0
+        first = end = segments[-1][1] if segments else 0
         dropped = 0
         for chunk in prefetched(read_interactions(path, entry.layout, stats)):
             chunk.ts, ok = times.seconds(chunk.ts)
@@ -172,12 +182,12 @@ def _convert(
                 dropped += int((~ok).sum())
                 chunk = chunk.where(ok)
             inter.add(chunk, _item_prefix(entry, multi_release))
-            rows += len(chunk.rating)
+            end += len(chunk.rating)
         if opts.odd_timestamps == "stop":
             times.stop()
         elif dropped:
             report.warn(f"{path}: {times.dropped_note()}")
-        segments.append((first, rows))
+        segments.append((first, end))
         _warn_about(stats, report)
         input_stats.append({"entry": entry.label, **asdict(stats), "timestamps": times.record(dropped)})
     inter.freeze()

@@ -21,6 +21,14 @@ from dataset_prep.registry import RELEASES
 FIXTURES = Path(__file__).parent / "fixtures" / "prep"
 
 
+class QuietServer(ThreadingHTTPServer):
+    """Keeps the server side's own errors (a client that hangs up early: BrokenPipe) off stderr, where the
+    tests look for srt-prep's messages."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
 class Server:
     """Serves ``files`` (URL path -> bytes) and records each request's path and Range header.
 
@@ -78,7 +86,7 @@ class Server:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
