@@ -64,19 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Amazon review categories (2014/2018/2023) -> RecBole atomic files. Unusable input "
         "stops with one 'srt-prep: error: ...' line and exit status 2.",
     )
-    parser.add_argument(
-        "--debug", action="store_true", help=f"show the Python traceback of an error (also {DEBUG_ENV}=1)"
-    )
+    debug_help = f"show the Python traceback of an error (also {DEBUG_ENV}=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # Also accepted after the subcommand; SUPPRESS keeps the top-level value when it is not repeated there.
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    listing = commands.add_parser("list", help="print every release/category with its file names")
+    listing = commands.add_parser(
+        "list", parents=[flags], help="print every release/category with its file names"
+    )
     listing.add_argument(
         "--release", action="append", choices=list(registry.RELEASES), help="only this release"
     )
     listing.add_argument("--urls", action="store_true", help="show full metadata URLs and base URLs")
     listing.set_defaults(run=_run_list)
 
-    download = commands.add_parser("download", help="download category files (resumable, gzip-verified)")
+    download = commands.add_parser(
+        "download",
+        parents=[flags],
+        help="download category files (resumable; length and format verified; size and sha256 recorded "
+        "in OUTPUT/<release>/downloads.json)",
+    )
     _add_selection(download)
     download.add_argument("--output", type=Path, required=True, help="folder; files go to OUTPUT/<release>/")
     download.add_argument("--no-meta", action="store_true", help="skip the metadata file")
@@ -86,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     download.set_defaults(run=_run_download)
 
-    convert = commands.add_parser("convert", help="convert (and merge) categories to RecBole atomic files")
+    convert = commands.add_parser(
+        "convert", parents=[flags], help="convert (and merge) categories to RecBole atomic files"
+    )
     _add_selection(convert)
     convert.add_argument(
         "--input",
@@ -96,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with the published files (or INPUT/<release>/); repeatable",
     )
     convert.add_argument(
-        "--output", type=Path, required=True, help="writes OUTPUT/NAME/NAME.{inter,item,yaml}"
+        "--output",
+        type=Path,
+        required=True,
+        help="writes OUTPUT/NAME/NAME.{inter,item,yaml}, report.json and manifest.json (the whole folder "
+        "is replaced at once)",
     )
     convert.add_argument("--name", help="dataset name (default amazon<release>-<category lowercased>)")
     convert.add_argument(
@@ -161,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--force", action="store_true", help="convert even if the output is up to date")
     convert.set_defaults(run=_run_convert)
 
-    unisrec = commands.add_parser("import-unisrec", help="UniSRec/VQ-Rec pre-split files -> atomic files")
+    unisrec = commands.add_parser(
+        "import-unisrec", parents=[flags], help="UniSRec/VQ-Rec pre-split files -> atomic files"
+    )
     unisrec.add_argument(
         "--input", type=Path, required=True, help="folder with <Prefix>.{train,valid,test}.inter"
     )

@@ -1,10 +1,14 @@
 """``srt-prep convert``: Amazon category files (one or several, any release) -> RecBole atomic files.
 
-Pipeline: read every interaction file (streamed, interned into compact arrays) -> read the metadata of
-the items seen (streamed to a spool file) -> filters, each counted under its own reason, in this order:
-malformed ids, time range, rating threshold, missing metadata, missing text, excluded users, duplicates,
-iterative k-core -> write ``NAME.inter`` sorted by (user, time) stably, ``NAME.item``, ``NAME.yaml`` and
-``report.json``, all atomically. A rerun whose inputs and options are unchanged writes nothing.
+Pipeline: read every interaction file (streamed, interned into compact arrays), its timestamps checked
+and normalised to seconds file by file (:mod:`dataset_prep.timestamps`) -> read the metadata of the items
+seen (streamed to a spool file); a ratings CSV whose user column holds metadata asins stops here (swapped
+columns) -> filters, each counted under its own reason, in this order: malformed ids, odd timestamps
+(``--odd-timestamps drop``), time range, rating threshold, missing metadata, missing text, excluded
+users, duplicates, iterative k-core; a filter that leaves no row stops with its option named -> write
+``NAME.inter`` sorted by (user, time) stably, ``NAME.item``, ``NAME.yaml`` and ``report.json`` into a
+staging folder swapped in whole (:class:`~dataset_prep.atomic.Staging`). A rerun whose inputs and options
+are unchanged, and whose output files still match their manifest, writes nothing.
 """
 
 from __future__ import annotations

@@ -473,6 +473,8 @@ def test_debug_shows_the_traceback(tmp_path: Path, capsys, monkeypatch: pytest.M
     args = ["convert", "--category", "2018:All_Beauty", "--input", str(tmp_path), "--output", str(tmp_path)]
     with pytest.raises(PrepError, match="not found"):
         main(["--debug", *args])
+    with pytest.raises(PrepError, match="not found"):
+        main([args[0], "--debug", *args[1:]])  # after the subcommand too
     monkeypatch.setenv("SRT_DEBUG", "1")
     with pytest.raises(PrepError, match="not found"):
         main(args)
