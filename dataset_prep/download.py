@@ -189,12 +189,18 @@ def _receive(
     except NETWORK_ERRORS as err:
         raise PrepError(
             f"download of {url} interrupted after {part.stat().st_size} bytes "
-            f"({type(err).__name__}: {err}); rerun to resume",
+            f"({_describe(err)}); rerun to resume",
             part,
         ) from None
     size = part.stat().st_size
     if total is not None and size != total:
         raise PrepError(f"download of {url} incomplete ({size} of {total} bytes); rerun to resume", part)
+
+
+def _describe(err: BaseException) -> str:
+    """``Name: text``, or just the text when it already starts with the name (``IncompleteRead(...)``)."""
+    text, name = str(err), type(err).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 def _read(response: http.client.HTTPResponse, out: BinaryIO) -> bytes:

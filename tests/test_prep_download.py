@@ -386,7 +386,10 @@ def test_body_cut_short_keeps_the_part_and_resumes(
     assert 0 < received < len(magazine[META])
     if mode == "chunked-cut":
         assert line.startswith(f"srt-prep: error: {part}: download of http://127.0.0.1:")
-        assert f"interrupted after {received} bytes (IncompleteRead: " in line and "rerun to resume" in line
+        assert (
+            f"interrupted after {received} bytes (IncompleteRead({received} bytes read)); " in line
+            and "rerun to resume" in line
+        )
     else:
         assert line.endswith(f"incomplete ({received} of {len(magazine[META])} bytes); rerun to resume")
     assert not (tmp_path / "2018" / "meta_Magazine_Subscriptions.json.gz").exists()
