@@ -2,7 +2,7 @@
 
 Command line: ``srt-prep`` / ``python -m dataset_prep`` (:mod:`dataset_prep.cli`). Modules, one job each:
 ``registry`` (categories, file names, URLs), ``formats`` (record layouts), ``streams`` (incremental,
-truncation-tolerant line reading), ``readers`` (one parser per format), ``text`` (cleaning), ``table``
-(interned compact interactions), ``filters``, ``atomic`` (atomic writes, dataset YAML), ``report``,
-``convert``, ``download``, ``unisrec``.
+truncation-tolerant line reading), ``readers`` (one parser per format), ``timestamps`` (unit and
+plausibility checks), ``text`` (cleaning), ``table`` (interned compact interactions), ``filters``,
+``atomic`` (folder swap, manifest, dataset YAML), ``report``, ``convert``, ``download``, ``unisrec``.
 """

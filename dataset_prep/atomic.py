@@ -1,13 +1,24 @@
-"""Atomic output: every file is written under a temporary name and renamed into place at the end.
+"""Atomic output: a dataset folder is staged complete beside its final place, then swapped in.
 
-``report.json`` is renamed last and carries the fingerprint of the inputs, so a crash leaves either the
-previous complete output or a report that does not match (and the next run redoes the work).
+``Staging(OUTPUT/NAME)`` writes into ``OUTPUT/.NAME.staging/``. :meth:`Staging.commit` adds
+``manifest.json`` (size and sha256 of every output file), links in the files of the previous folder that
+are not outputs (e.g. a feature cache), and swaps with two renames: ``NAME`` -> ``.NAME.old``, then
+``.NAME.staging`` -> ``NAME``; the old folder is removed last. Readers see the old folder or the new one,
+never a mix. A run holds ``OUTPUT/.NAME.lock`` (``flock``) throughout; on entry it cleans what a killed run
+left: a staging folder is removed, an old folder is renamed back when ``NAME`` is missing (killed between
+the two renames), else removed, and the hidden ``.*.tmp-<pid>`` files of earlier versions are deleted.
+:func:`unchanged` compares a folder with its manifest ("up to date" needs every file as written).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
+import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -16,45 +27,191 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import yaml
 
+from dataset_prep.errors import PrepError
+
 REPORT = "report.json"
+MANIFEST = "manifest.json"
+_OLD_TEMP = re.compile(r"\..+\.tmp-\d+")  # a file staged by an earlier srt-prep that was killed
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def dataset_folder(output: Path, name: str) -> Path:
+    """``output/name``, refusing a name that is not one plain folder name (``--name``)."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise PrepError(
+            f"--name {name!r} must be one folder name (letters, digits, '.', '_', '+', '-'; starting with "
+            "a letter or digit; no '/', no '..'); it is also RecBole's dataset name"
+        )
+    return Path(output) / name
 
 
 class Staging:
-    """Temporary files in ``directory``, renamed into place by :meth:`commit` (or removed on error)."""
+    """A complete new ``directory`` built in a hidden sibling folder, swapped in by :meth:`commit`."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._staged: list[tuple[Path, Path]] = []
+        self.directory = Path(directory)
+        parent, name = self.directory.parent, self.directory.name
+        self.folder = parent / f".{name}.staging"
+        self._old = parent / f".{name}.old"
+        self._lock_path = parent / f".{name}.lock"
+        self._lock: int | None = None
+        self._staged: list[str] = []
         self._scratch: list[Path] = []
 
     def __enter__(self) -> Staging:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _acquire(self._lock_path, self.directory)
+            self._recover()
+            if self.directory.exists() and not self.directory.is_dir():
+                raise PrepError(
+                    "exists and is not a folder; remove it or choose another --name", self.directory
+                )
+            self.folder.mkdir()
+        except OSError as err:
+            self._release()
+            raise PrepError(f"cannot write the output folder ({err.strerror})", err.filename) from None
+        except PrepError:
+            self._release()
+            raise
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        for tmp in [t for t, _ in self._staged] + self._scratch:
-            tmp.unlink(missing_ok=True)
+        try:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self._recover()
+        finally:
+            self._release()
 
     def path(self, name: str) -> Path:
-        """A temporary path that :meth:`commit` renames to ``directory/name``."""
-        tmp = self.scratch(name)
-        self._scratch.remove(tmp)
-        self._staged.append((tmp, self.directory / name))
-        return tmp
+        """Where to write the output file ``name`` (it appears as ``directory/name`` on commit)."""
+        self._staged.append(name)
+        return self.folder / name
 
     def scratch(self, name: str) -> Path:
-        """A temporary working file, removed when the staging ends."""
-        tmp = self.directory / f".{name}.tmp-{os.getpid()}"
+        """A temporary working file, never part of the output."""
+        tmp = self.folder / f".{name}.scratch"
         self._scratch.append(tmp)
         return tmp
 
     def commit(self) -> None:
-        """Rename every staged file into place, ``report.json`` last."""
-        (self.directory / REPORT).unlink(missing_ok=True)
-        self._staged.sort(key=lambda pair: pair[1].name == REPORT)
-        for tmp, final in self._staged:
-            os.replace(tmp, final)
-        self._staged.clear()
+        """Write the manifest, carry over foreign files, swap the folders."""
+        for tmp in self._scratch:
+            tmp.unlink(missing_ok=True)
+        manifest = {name: _file_record(self.folder / name) for name in self._staged}
+        write_json(self.folder / MANIFEST, {"files": manifest})
+        _fsync(self.folder / MANIFEST)
+        if self.directory.is_dir():
+            self._carry_over()
+            os.rename(self.directory, self._old)
+        os.rename(self.folder, self.directory)
+        _fsync(self.directory.parent)
+        shutil.rmtree(self._old, ignore_errors=True)
+
+    def _carry_over(self) -> None:
+        """Hard-link (or copy) into the new folder the files of the old one that no run wrote."""
+        ours = {*self._staged, MANIFEST, REPORT, *_manifest(self.directory)}
+        for entry in self.directory.iterdir():
+            if entry.name in ours or _OLD_TEMP.fullmatch(entry.name):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, self.folder / entry.name, symlinks=True, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(entry, self.folder / entry.name)
+
+    def _recover(self) -> None:
+        """Undo what an interrupted run left (the lock is held)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if self._old.exists():
+            if self.directory.exists():
+                shutil.rmtree(self._old, ignore_errors=True)
+            else:
+                os.rename(self._old, self.directory)
+        if self.directory.is_dir():
+            for entry in self.directory.iterdir():
+                if _OLD_TEMP.fullmatch(entry.name) and entry.is_file():
+                    entry.unlink()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock_path.unlink(missing_ok=True)  # still held: nobody can lock this inode meanwhile
+            os.close(self._lock)
+            self._lock = None
+
+
+def _acquire(path: Path, directory: Path) -> int:
+    """An exclusive ``flock`` on ``path``, created if needed; the file is unlinked on release, so a lock
+    is only valid if the path still names the locked inode after locking (else retry)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise PrepError(
+                    f"another srt-prep run is writing this folder (lock {path.name}); wait for it to finish",
+                    directory,
+                ) from None
+            raise
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_record(path: Path) -> dict:
+    """Size and sha256 of a file (flushed to disk first)."""
+    _fsync(path)
+    return {"size": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(directory: Path) -> dict[str, dict]:
+    """The ``files`` of ``directory/manifest.json`` ({} if absent or unreadable)."""
+    try:
+        files = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def unchanged(directory: Path) -> bool:
+    """True when ``directory`` has a manifest and every file it lists has its recorded size and sha256."""
+    files = _manifest(directory)
+    for name, record in files.items():
+        path = directory / name
+        try:
+            if path.stat().st_size != record["size"] or sha256_of(path) != record["sha256"]:
+                return False
+        except (OSError, KeyError, TypeError):
+            return False
+    return bool(files)
 
 
 def write_tsv(path: Path, header: list[str], batches: Iterable[pa.RecordBatch]) -> None:

@@ -5,50 +5,99 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from dataset_prep import registry
 from dataset_prep.errors import PrepError
 from dataset_prep.filters import DEDUP_POLICIES, MISSING_POLICIES
+from dataset_prep.timestamps import ODD_POLICIES, UNITS
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+DEBUG_ENV = "SRT_DEBUG"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 unusable input)."""
+    """Entry point; returns the exit status (0 ok, 2 unusable input or environment, 1 internal error).
+
+    Every failure is one ``srt-prep: error: ...`` line on stderr; ``--debug`` or ``SRT_DEBUG=1`` shows the
+    traceback instead."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.run(args)
-    except PrepError as err:
-        print(f"srt-prep: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except Exception as err:  # each kind becomes one line unless debugging
+        if debug:
+            raise
+        message, status = _describe(err)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        message, status = "interrupted; nothing was replaced (rerun to resume or redo)", EXIT_INTERRUPTED
+    print(f"srt-prep: error: {message}", file=sys.stderr)
+    return status
+
+
+def _describe(err: Exception) -> tuple[str, int]:
+    """The one-line message and exit status of an error."""
+    if isinstance(err, PrepError):
+        return str(err), EXIT_BAD_INPUT
+    if isinstance(err, OSError):  # permissions, disk full, a file where a folder is expected, ...
+        where = ": ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        return f"{where + ': ' if where else ''}{err.strerror or err}", EXIT_BAD_INPUT
+    return (
+        f"internal error {type(err).__name__}: {err} (please report it; rerun with --debug or "
+        f"{DEBUG_ENV}=1 for the traceback)",
+        EXIT_INTERNAL,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its four subcommands."""
     parser = argparse.ArgumentParser(
-        prog="srt-prep", description="Amazon review categories (2014/2018/2023) -> RecBole atomic files."
+        prog="srt-prep",
+        description="Amazon review categories (2014/2018/2023) -> RecBole atomic files. Unusable input "
+        "stops with one 'srt-prep: error: ...' line and exit status 2.",
     )
+    debug_help = f"show the Python traceback of an error (also {DEBUG_ENV}=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # Also accepted after the subcommand; SUPPRESS keeps the top-level value when it is not repeated there.
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    listing = commands.add_parser("list", help="print every release/category with its file names")
+    listing = commands.add_parser(
+        "list", parents=[flags], help="print every release/category with its file names"
+    )
     listing.add_argument(
         "--release", action="append", choices=list(registry.RELEASES), help="only this release"
     )
     listing.add_argument("--urls", action="store_true", help="show full metadata URLs and base URLs")
     listing.set_defaults(run=_run_list)
 
-    download = commands.add_parser("download", help="download category files (resumable, gzip-verified)")
+    download = commands.add_parser(
+        "download",
+        parents=[flags],
+        help="download category files (resumable; length and format verified; size and sha256 recorded "
+        "in OUTPUT/<release>/downloads.json)",
+    )
     _add_selection(download)
     download.add_argument("--output", type=Path, required=True, help="folder; files go to OUTPUT/<release>/")
     download.add_argument("--no-meta", action="store_true", help="skip the metadata file")
     download.add_argument("--base-url", help="mirror to use instead of the release's URL (same layout)")
-    download.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
+    download.add_argument(
+        "--timeout", type=_positive(float), default=60.0, help="seconds per network operation"
+    )
     download.set_defaults(run=_run_download)
 
-    convert = commands.add_parser("convert", help="convert (and merge) categories to RecBole atomic files")
+    convert = commands.add_parser(
+        "convert", parents=[flags], help="convert (and merge) categories to RecBole atomic files"
+    )
     _add_selection(convert)
     convert.add_argument(
         "--input",
@@ -58,11 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with the published files (or INPUT/<release>/); repeatable",
     )
     convert.add_argument(
-        "--output", type=Path, required=True, help="writes OUTPUT/NAME/NAME.{inter,item,yaml}"
+        "--output",
+        type=Path,
+        required=True,
+        help="writes OUTPUT/NAME/NAME.{inter,item,yaml}, report.json and manifest.json (the whole folder "
+        "is replaced at once)",
     )
     convert.add_argument("--name", help="dataset name (default amazon<release>-<category lowercased>)")
-    convert.add_argument("--min-user-inter", type=int, default=5, help="iterative k-core: users (default 5)")
-    convert.add_argument("--min-item-inter", type=int, default=5, help="iterative k-core: items (default 5)")
+    convert.add_argument(
+        "--min-user-inter", type=_count, default=5, help="iterative k-core: users (default 5)"
+    )
+    convert.add_argument(
+        "--min-item-inter", type=_count, default=5, help="iterative k-core: items (default 5)"
+    )
     convert.add_argument("--min-rating", type=float, help="keep ratings >= this")
     convert.add_argument(
         "--dedup",
@@ -75,6 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--end", type=_timestamp, help="keep interactions before (ISO date or unix s)")
     convert.add_argument(
+        "--timestamp-unit",
+        choices=UNITS,
+        default="release",
+        help="unit of the files' timestamps: 'release' (default) is the release's documented unit "
+        "(2014/2018 seconds, 2023 milliseconds); 's' or 'ms' for every file; 'auto' reads each value in "
+        "the unit its size implies (>= 1e11 is ms), for files mixing both. A value that is no time "
+        "between 1994 and tomorrow stops the conversion, naming the file",
+    )
+    convert.add_argument(
+        "--odd-timestamps",
+        choices=ODD_POLICIES,
+        default="stop",
+        help="rows whose timestamp is implausible in that unit: stop with a message (default) or drop "
+        "them (counted as odd_timestamp in report.json)",
+    )
+    convert.add_argument(
         "--missing-meta",
         choices=MISSING_POLICIES,
         default="drop",
@@ -86,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="keep",
         help="interactions with items whose metadata has no text (default keep)",
     )
-    convert.add_argument("--max-text-len", type=int, default=1000, help="characters per text field")
+    convert.add_argument(
+        "--max-text-len", type=_positive(int), default=1000, help="characters per text field"
+    )
     convert.add_argument(
         "--exclude-users-of",
         type=Path,
@@ -95,11 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INTER_FILE",
         help="leakage guard: drop users present in this .inter file; repeatable",
     )
-    convert.add_argument("--max-seq-len", type=int, default=50, help="MAX_ITEM_LIST_LENGTH in the YAML")
+    convert.add_argument(
+        "--max-seq-len", type=_positive(int), default=50, help="MAX_ITEM_LIST_LENGTH in the YAML"
+    )
     convert.add_argument("--force", action="store_true", help="convert even if the output is up to date")
     convert.set_defaults(run=_run_convert)
 
-    unisrec = commands.add_parser("import-unisrec", help="UniSRec/VQ-Rec pre-split files -> atomic files")
+    unisrec = commands.add_parser(
+        "import-unisrec", parents=[flags], help="UniSRec/VQ-Rec pre-split files -> atomic files"
+    )
     unisrec.add_argument(
         "--input", type=Path, required=True, help="folder with <Prefix>.{train,valid,test}.inter"
     )
@@ -108,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, required=True, help="writes OUTPUT/NAME/NAME.{inter,item,yaml}"
     )
     unisrec.add_argument("--prefix", help="file prefix, e.g. Scientific (default: the only one in INPUT)")
-    unisrec.add_argument("--max-seq-len", type=int, default=50, help="MAX_ITEM_LIST_LENGTH in the YAML")
+    unisrec.add_argument(
+        "--max-seq-len", type=_positive(int), default=50, help="MAX_ITEM_LIST_LENGTH in the YAML"
+    )
     unisrec.set_defaults(run=_run_unisrec)
     return parser
 
@@ -133,11 +214,40 @@ def _entries(args: argparse.Namespace) -> list[registry.Entry]:
             text = args.spec.read_text(encoding="utf-8")
         except OSError as err:
             raise PrepError(f"cannot read spec file ({err.strerror})", args.spec) from None
+        except UnicodeDecodeError as err:
+            raise PrepError(f"spec file is not UTF-8 text ({err.reason})", args.spec) from None
         specs += [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
     if not specs:
         raise PrepError("no category given: use --category (repeatable) or --spec")
     entries = [registry.parse_entry(spec, args.release, args.source) for spec in specs]
     return list({entry.label: entry for entry in entries}.values())
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` greater than 0."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0 or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
 
 
 def _timestamp(text: str) -> float:
@@ -191,6 +301,8 @@ def _run_convert(args: argparse.Namespace) -> int:
         exclude_users_of=args.exclude_users_of,
         max_seq_len=args.max_seq_len,
         force=args.force,
+        timestamp_unit=args.timestamp_unit,
+        odd_timestamps=args.odd_timestamps,
     )
     report = convert(opts)
     folder = args.output / opts.name
@@ -199,8 +311,8 @@ def _run_convert(args: argparse.Namespace) -> int:
         return 0
     summary = {key: report[key] for key in ("rows", "dropped", "users", "items")}
     print(json.dumps(summary, indent=2))
-    print(f"wrote {folder}/{opts.name}.inter, .item, .yaml and report.json")
-    print(f"train: run_recbole --model=SASRec --dataset={opts.name} --config_files={folder}/{opts.name}.yaml")
+    print(f"wrote {folder}/{opts.name}.inter, .item, .yaml, report.json and manifest.json")
+    print(f"train: run_recbole --model=SRT --dataset={opts.name} --config_files={folder}/{opts.name}.yaml")
     return 0
 
 

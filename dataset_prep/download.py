@@ -1,25 +1,51 @@
-"""``srt-prep download``: fetch a category's files; resumable, skips finished files, verifies gzip.
+"""``srt-prep download``: fetch a category's files; resumable, verified, recorded.
 
-A file is written as ``NAME.part`` and renamed to ``NAME`` only once complete (size matches the server's
-length, gzip stream intact), so an existing ``NAME`` is a finished download and is skipped. An
-interrupted download resumes from the ``.part`` file with an HTTP Range request.
+A file is written as ``NAME.part`` and renamed to ``NAME`` only once verified:
+
+- length: the body must be as long as the server said (Content-Length, or the total of Content-Range on
+  a resume); a body that ends early (also a chunked one) is an error and the ``.part`` is kept to resume;
+- resume: a ``.part`` is continued only when the server answers 206 with a Content-Range that starts at
+  the ``.part``'s size; a 200 (range ignored) or a 206 from byte 0 rewrites it from the start, a 206 at
+  another offset is discarded and fetched again without a range; a 416 whose Content-Range total equals
+  the ``.part``'s size means the ``.part`` is complete, any other 416 (a ``.part`` larger than the file)
+  discards the ``.part`` and starts again;
+- format: a gzip file must be one complete gzip stream (every member's CRC and length); no file may be an
+  HTML page; its first lines must parse as the release's layout; a plain file must end with a newline
+  (the one check left when the server announces no length).
+
+``OUTPUT/<release>/downloads.json`` records url, size, sha256 and whether the length was checked against
+the server's, for every finished file. A file recorded with its size is skipped; any other existing file
+is fetched again.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.message import Message
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
+from dataset_prep.atomic import sha256_of, write_json
 from dataset_prep.errors import PrepError
+from dataset_prep.formats import CsvLayout, JsonLayout, MetaLayout
+from dataset_prep.readers import check_first_lines
 from dataset_prep.registry import Entry, file_name
-from dataset_prep.streams import verify_gzip
+from dataset_prep.streams import is_gzip, verify_gzip
 
 CHUNK = 1 << 20
+LOG = "downloads.json"
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
+NETWORK_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException)
 
 
 def download_entry(
@@ -27,65 +53,196 @@ def download_entry(
 ) -> list[Path]:
     """Download the entry's interaction file (and metadata) into ``output/<release>/``."""
     base = (base_url or entry.release.base_url).rstrip("/") + "/"
-    relative = [entry.interactions_path] + ([entry.meta_path] if with_meta else [])
+    if not base.startswith(("https://", "http://")):
+        raise PrepError(f"--base-url {base_url!r} is not an http:// or https:// URL")
+    wanted = [(entry.interactions_path, entry.layout)]
+    if with_meta:
+        wanted.append((entry.meta_path, entry.release.meta_layout))
     folder = output / entry.release.name
     folder.mkdir(parents=True, exist_ok=True)
-    return [fetch(base + rel, folder / file_name(rel), timeout) for rel in relative]
+    log = DownloadLog(folder / LOG)
+    return [
+        fetch(base + rel, folder / file_name(rel), timeout, lambda p, lay=layout: verify(p, lay), log)
+        for rel, layout in wanted
+    ]
 
 
-def fetch(url: str, dest: Path, timeout: float) -> Path:
-    """Download ``url`` to ``dest`` unless it is already there; resume a previous ``.part``."""
-    if dest.is_file():
-        print(f"{dest}: already downloaded, skipped", file=sys.stderr)
+class DownloadLog:
+    """``downloads.json``: every finished, verified file of a folder (rewritten atomically)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.files: dict[str, dict] = dict(json.loads(path.read_text(encoding="utf-8"))["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.files = {}
+
+    def done(self, dest: Path) -> bool:
+        """True when ``dest`` is recorded and still has its recorded size."""
+        record = self.files.get(dest.name)
+        return bool(record) and dest.is_file() and dest.stat().st_size == record.get("size")
+
+    def add(self, dest: Path, url: str, length_checked: bool) -> dict:
+        """Record ``dest`` (size and sha256 measured now); the record."""
+        record = {
+            "url": url,
+            "size": dest.stat().st_size,
+            "sha256": sha256_of(dest),
+            "length_checked": length_checked,
+            "downloaded": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self.files[dest.name] = record
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        write_json(tmp, {"files": self.files})
+        os.replace(tmp, self.path)
+        return record
+
+
+def fetch(url: str, dest: Path, timeout: float, check: Callable[[Path], None], log: DownloadLog) -> Path:
+    """Download ``url`` to ``dest`` unless ``log`` has it; resume a previous ``.part``; verify; record."""
+    if log.done(dest):
+        print(f"{dest}: already downloaded and verified, skipped", file=sys.stderr)
         return dest
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and offset:  # nothing after our offset: the .part file is already complete
-            return _finish(part, dest)
-        raise PrepError(f"download failed: HTTP {err.code} {err.reason} for {url}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise PrepError(f"cannot reach {url} ({reason}); offline? Rerun later to resume.") from None
-    with response:
-        if offset and response.status == 206:
-            mode = "ab"
-        else:  # the server ignored the range: start again
-            mode, offset = "wb", 0
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else None
+    while True:
         try:
-            with (
-                open(part, mode) as out,
-                tqdm(
-                    total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name, disable=None
-                ) as bar,
-            ):
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        except OSError as err:
-            raise PrepError(f"download of {url} interrupted ({err}); rerun to resume", part) from None
-    if total is not None and part.stat().st_size != total:
+            response = urllib.request.urlopen(_request(url, offset), timeout=timeout)
+        except urllib.error.HTTPError as err:
+            if err.code == 416 and offset:
+                total = _range_total(err.headers)
+                if total == offset:  # nothing after our offset: the .part is complete
+                    return _finish(part, dest, url, True, check, log)
+                size = "of unknown size" if total is None else f"{total} bytes"
+                _note(part, f"is {offset} bytes, the file on the server {size}; starting again")
+                offset = 0
+                part.unlink()
+                continue
+            raise PrepError(f"download failed: HTTP {err.code} {err.reason} for {url}") from None
+        except (*NETWORK_ERRORS, ValueError) as err:  # ValueError: a URL urllib cannot parse (bad port)
+            reason = getattr(err, "reason", err)
+            raise PrepError(f"cannot reach {url} ({reason}); offline? Rerun later to resume.") from None
+        with response:
+            start, total = _body_range(response, url)
+            if start not in (0, offset):  # some other range: useless, ask for the whole file (once)
+                if not offset:
+                    raise PrepError(
+                        f"download failed: the server sent a partial body without a range for {url}"
+                    )
+                _note(part, f"the server sent bytes from {start}, not {offset}; starting again")
+                offset = 0
+                part.unlink(missing_ok=True)
+                continue
+            if offset and start == 0:
+                _note(part, "the server did not resume (it sent the file from its start); starting again")
+            _receive(response, part, start, total, dest.name, url)
+        return _finish(part, dest, url, total is not None, check, log)
+
+
+def _request(url: str, offset: int) -> urllib.request.Request:
+    return urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+
+
+def _note(part: Path, message: str) -> None:
+    print(f"srt-prep: warning: {part}: {message}", file=sys.stderr)
+
+
+def _range_total(headers: Message | None) -> int | None:
+    """The total length from a Content-Range header (``bytes */N`` on a 416), or None."""
+    found = _CONTENT_RANGE.fullmatch((headers or {}).get("Content-Range", "").strip())
+    return int(found.group(3)) if found and found.group(3) != "*" else None
+
+
+def _body_range(response: http.client.HTTPResponse, url: str) -> tuple[int | None, int | None]:
+    """Where the body starts in the file and the file's total length (None if not announced)."""
+    length = response.headers.get("Content-Length")
+    length = int(length) if length is not None and length.strip().isdigit() else None
+    if response.status == 200:
+        return 0, length
+    if response.status != 206:
+        raise PrepError(f"download failed: unexpected HTTP {response.status} {response.reason} for {url}")
+    found = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if not found or found.group(1) is None:
+        return None, None  # a 206 without a usable Content-Range: start again without a range
+    start, end = int(found.group(1)), int(found.group(2))
+    if length is not None and length != end - start + 1:
         raise PrepError(
-            f"download incomplete ({part.stat().st_size} of {total} bytes); rerun to resume", part
+            f"download failed: the server's Content-Range ({start}-{end}) and Content-Length ({length}) "
+            f"disagree for {url}"
         )
-    return _finish(part, dest)
+    total = int(found.group(3)) if found.group(3) != "*" else None
+    return start, total
 
 
-def _finish(part: Path, dest: Path) -> Path:
-    """Verify a complete ``.part`` (gzip files: the whole stream) and rename it into place."""
-    if dest.name.endswith(".gz"):
-        try:
-            verify_gzip(part)
-        except PrepError as err:
-            part.unlink()
-            raise PrepError(
-                f"downloaded file failed verification ({err.message}); deleted, rerun", dest
-            ) from None
+def _receive(
+    response: http.client.HTTPResponse, part: Path, start: int, total: int | None, label: str, url: str
+) -> None:
+    """Write the body to ``part`` (appended at ``start`` > 0); raise if it ends before ``total``."""
+    try:
+        with (
+            open(part, "ab" if start else "wb") as out,
+            tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=label, disable=None) as bar,
+        ):
+            while chunk := _read(response, out):
+                out.write(chunk)
+                bar.update(len(chunk))
+    except NETWORK_ERRORS as err:
+        raise PrepError(
+            f"download of {url} interrupted after {part.stat().st_size} bytes "
+            f"({_describe(err)}); rerun to resume",
+            part,
+        ) from None
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise PrepError(f"download of {url} incomplete ({size} of {total} bytes); rerun to resume", part)
+
+
+def _describe(err: BaseException) -> str:
+    """``Name: text``, or just the text when it already starts with the name (``IncompleteRead(...)``)."""
+    text, name = str(err), type(err).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def _read(response: http.client.HTTPResponse, out: BinaryIO) -> bytes:
+    """The next piece of the body; the bytes a cut chunked body delivered are written before raising."""
+    try:
+        return response.read(CHUNK)
+    except http.client.IncompleteRead as err:
+        out.write(err.partial)
+        raise
+
+
+def _finish(
+    part: Path, dest: Path, url: str, length_checked: bool, check: Callable[[Path], None], log: DownloadLog
+) -> Path:
+    """Verify a complete ``.part``, rename it into place and record it."""
+    try:
+        check(part)
+    except PrepError as err:
+        part.unlink()
+        detail = err.message if err.line is None else f"line {err.line}: {err.message}"
+        raise PrepError(f"downloaded file failed verification ({detail}); deleted, rerun", dest) from None
     os.replace(part, dest)
-    print(f"{dest}: downloaded and verified", file=sys.stderr)
+    record = log.add(dest, url, length_checked)
+    how = "length and format" if length_checked else "format only: the server announced no length"
+    print(f"{dest}: downloaded and verified ({how}; sha256 {record['sha256'][:16]}...)", file=sys.stderr)
     return dest
+
+
+def verify(path: Path, layout: CsvLayout | JsonLayout | MetaLayout) -> None:
+    """Raise :class:`PrepError` unless ``path`` looks like a complete file of ``layout``."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if not head:
+        raise PrepError("is empty", path)
+    if path.name.removesuffix(".part").endswith(".gz") and not is_gzip(path):
+        kind = "an HTML page" if head.lstrip().startswith(b"<") else "something else"
+        raise PrepError(f"not a gzip file but {kind} (starts {head[:40]!r})", path)
+    if is_gzip(path):
+        verify_gzip(path)
+    else:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 1))
+            if f.read(1) != b"\n":
+                raise PrepError("ends in the middle of a line (cut short?)", path)
+    check_first_lines(path, layout)

@@ -70,6 +70,8 @@ def duplicates(user: np.ndarray, item: np.ndarray, keep: np.ndarray, order: np.n
     if policy == "all":
         return 0
     rows = order[keep[order]].astype(np.int32 if len(keep) < 2**31 else np.int64)
+    if not len(rows):
+        return 0
     pair = user[rows].astype(np.int64)
     pair <<= 32
     pair |= item[rows]

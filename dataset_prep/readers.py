@@ -57,10 +57,18 @@ class FileStats:
         self.truncated = blocks.truncated
         self.partial_lines = int(bool(blocks.partial_tail.strip()))
 
+    def check_not_empty(self, what: str) -> None:
+        """Raise :class:`PrepError` when the file held no line at all."""
+        if self.lines == 0 and self.partial_lines == 0:
+            if self.truncated:
+                raise PrepError(
+                    f"the gzip stream ends before any {what} line (truncated download?)", self.path
+                )
+            raise PrepError(f"empty {what} file", self.path)
+
     def check_usable(self, what: str) -> None:
         """Raise :class:`PrepError` when the file held no usable record at all."""
-        if self.lines == 0 and self.partial_lines == 0:
-            raise PrepError(f"empty {what} file", self.path)
+        self.check_not_empty(what)
         if self.parsed == 0:
             first = self.examples[0] if self.examples else "only a truncated line"
             raise PrepError(
@@ -71,7 +79,7 @@ class FileStats:
 @dataclass
 class Chunk:
     """Interactions parsed from one block: ids dictionary-encoded (done here, in the reading thread),
-    timestamps in seconds."""
+    timestamps as in the file (unit checked and converted by :mod:`dataset_prep.timestamps`)."""
 
     users: pa.DictionaryArray
     items: pa.DictionaryArray
@@ -80,13 +88,18 @@ class Chunk:
 
     @classmethod
     def of(cls, users: pa.Array, items: pa.Array, rating: np.ndarray, ts: np.ndarray) -> Chunk:
-        """Encode the id columns; rating as float32, ts as float64 seconds."""
+        """Encode the id columns; rating as float32, ts as float64."""
         return cls(
             pc.dictionary_encode(users),
             pc.dictionary_encode(items),
             rating.astype(np.float32),
             ts.astype(np.float64),
         )
+
+    def where(self, mask: np.ndarray) -> Chunk:
+        """Only the rows where ``mask`` is True."""
+        keep = pa.array(mask)
+        return Chunk(self.users.filter(keep), self.items.filter(keep), self.rating[mask], self.ts[mask])
 
 
 def read_interactions(path: Path, layout: Layout, stats: FileStats) -> Iterator[Chunk]:
@@ -127,7 +140,7 @@ def _slow_block(block: Block, layout: Layout, parse_line: Callable, stats: FileS
         users.append(user)
         items.append(item)
         ratings.append(rating)
-        stamps.append(ts / layout.time_divisor)
+        stamps.append(ts)
     stats.parsed += len(users)
     return Chunk.of(
         pa.array(users, pa.string()), pa.array(items, pa.string()), np.asarray(ratings), np.asarray(stamps)
@@ -206,7 +219,7 @@ def _csv_fast(block: Block, layout: CsvLayout) -> Chunk | None:
     ts = table[names[layout.time_col]].to_numpy()
     if not _clean_columns(users, items, rating, ts):
         return None
-    return Chunk.of(users, items, rating, ts / layout.time_divisor)
+    return Chunk.of(users, items, rating, ts)
 
 
 def _json_fast(block: Block, layout: JsonLayout) -> Chunk | None:
@@ -233,7 +246,7 @@ def _json_fast(block: Block, layout: JsonLayout) -> Chunk | None:
     ts = table[layout.time_key].to_numpy()
     if not _clean_columns(users, items, rating, ts):
         return None
-    return Chunk.of(users, items, rating, ts / layout.time_divisor)
+    return Chunk.of(users, items, rating, ts)
 
 
 def _clean_columns(users: pa.Array, items: pa.Array, rating: np.ndarray, ts: np.ndarray) -> bool:
@@ -295,10 +308,42 @@ def read_meta(
             else:
                 stats.not_needed += 1
     stats.finish(blocks)
-    if stats.lines == 0 and stats.partial_lines == 0:
-        raise PrepError("empty metadata file", path)
+    stats.check_not_empty("metadata")
     if stats.parsed == 0 and stats.malformed:
         stats.check_usable("metadata")
+
+
+def check_first_lines(path: Path, layout: Layout | MetaLayout, count: int = 5) -> None:
+    """Raise :class:`PrepError` unless the first ``count`` non-blank lines are records of ``layout``: a quick
+    check that a download is the file it claims to be (not an HTML page, not another layout)."""
+    seen = 0
+    for block in LineBlocks(path, block_size=1 << 16):
+        for number, raw in enumerate(block.data.splitlines(), start=block.first_line):
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            if line.lstrip("\ufeff \t").startswith("<"):
+                raise PrepError(f"is an HTML page, not a data file (starts {line.strip()[:60]!r})", path)
+            try:
+                _parse_record(line, layout)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err:
+                raise PrepError(f"not the release's record layout: {err}", path, number) from None
+            seen += 1
+            if seen == count:
+                return
+    if not seen:
+        raise PrepError("holds no record", path)
+
+
+def _parse_record(line: str, layout: Layout | MetaLayout) -> None:
+    """Parse one line as ``layout`` (raising ValueError/TypeError/SyntaxError if it is not one)."""
+    if isinstance(layout, CsvLayout):
+        _csv_line(line, layout)
+    elif isinstance(layout, JsonLayout):
+        _json_line(line, layout)
+    else:
+        record = (_parse_json_object if layout.syntax == "json" else _parse_python_dict)(line)
+        _ident(record.get(layout.item_key), layout.item_key)
 
 
 def _parse_json_object(line: str) -> dict:

@@ -60,7 +60,7 @@ class Release:
 RELEASES: dict[str, Release] = {
     "2014": Release(
         name="2014",
-        base_url="http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/",
+        base_url="https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/",
         categories=CATEGORIES_2014,
         sources={
             "ratings": Source("ratings_{cat}.csv", formats.RATINGS_2014),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 DROP_REASONS = (
     "malformed_line",
     "truncated_stream",
+    "odd_timestamp",
     "time_range",
     "rating_threshold",
     "missing_metadata",

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dataset_prep.atomic import Staging, dataset_config, write_json, write_tsv, write_yaml
+from dataset_prep.atomic import Staging, dataset_config, dataset_folder, write_json, write_tsv, write_yaml
 from dataset_prep.errors import PrepError
 from dataset_prep.text import clean_text
 
@@ -31,12 +31,13 @@ Example = tuple[int, list[int], int, int]  # user, history, target, line number
 
 def import_unisrec(input_dir: Path, name: str, output: Path, prefix: str | None, max_seq_len: int) -> dict:
     """Convert; return the report (also written as ``report.json``)."""
+    target = dataset_folder(output, name)
     prefix = prefix or _detect_prefix(input_dir)
     base = input_dir / prefix
     items = _index_file(Path(f"{base}.item2index"))
     users = _index_file(Path(f"{base}.user2index"))
     splits = {split: _read_split(Path(f"{base}.{split}.inter"), len(users), len(items)) for split in SPLITS}
-    sequences = _rebuild(splits, Path(f"{base}.train.inter"))
+    sequences = _rebuild(splits, base)
     _check(splits, sequences, base)
     texts = _read_text(Path(f"{base}.text"))
 
@@ -61,7 +62,7 @@ def import_unisrec(input_dir: Path, name: str, output: Path, prefix: str | None,
         "lines": {split: len(rows) for split, rows in splits.items()},
         "items_without_text": sum(items[i] not in texts for i in used),
     }
-    with Staging(output / name) as stage:
+    with Staging(target) as stage:
         write_tsv(stage.path(f"{name}.inter"), INTER_HEADER, [batch])
         with open(stage.path(f"{name}.item"), "w", encoding="utf-8") as out:
             out.write("\t".join(ITEM_HEADER) + "\n")
@@ -74,6 +75,10 @@ def import_unisrec(input_dir: Path, name: str, output: Path, prefix: str | None,
 
 
 def _detect_prefix(folder: Path) -> str:
+    if not folder.is_dir():
+        raise PrepError(
+            "cannot pick the UniSRec files: not a folder" if folder.exists() else "no such folder", folder
+        )
     found = sorted(p.name[: -len(".train.inter")] for p in folder.glob("*.train.inter"))
     if len(found) != 1:
         what = "no *.train.inter file" if not found else f"several prefixes {found}; pass --prefix"
@@ -86,6 +91,8 @@ def _lines(path: Path) -> list[str]:
         return path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise PrepError("file not found", path) from None
+    except OSError as err:
+        raise PrepError(f"cannot read ({err.strerror})", path) from None
     except UnicodeDecodeError as err:
         raise PrepError(f"not UTF-8 text ({err.reason})", path) from None
 
@@ -97,6 +104,8 @@ def _index_file(path: Path) -> list[str]:
         cells = line.split("\t")
         if len(cells) != 2 or not cells[1].isdigit():
             raise PrepError(f"expected 'token<TAB>index', got {line[:60]!r}", path, number)
+        if int(cells[1]) in tokens:
+            raise PrepError(f"index {cells[1]} appears twice", path, number)
         tokens[int(cells[1])] = cells[0]
     if sorted(tokens) != list(range(len(tokens))):
         raise PrepError("indices are not 0..n-1", path)
@@ -124,17 +133,19 @@ def _read_split(path: Path, n_users: int, n_items: int) -> list[Example]:
     return rows
 
 
-def _rebuild(splits: dict[str, list[Example]], train_path: Path) -> dict[int, list[int]]:
+def _rebuild(splits: dict[str, list[Example]], base: Path) -> dict[int, list[int]]:
     """Each test user's whole sequence: first train history + train targets (shortest history first),
     then the valid and test targets."""
     train: dict[int, list[Example]] = defaultdict(list)
     for row in splits["train"]:
         train[row[0]].append(row)
     valid = {row[0]: row for row in splits["valid"]}
+    if not splits["test"]:
+        raise PrepError("no test lines (only the header): nothing to import", f"{base}.test.inter")
     sequences = {}
     for user, _history, target, number in splits["test"]:
         if user not in valid:
-            raise PrepError(f"user {user} has a test line but no valid line", train_path.parent, number)
+            raise PrepError(f"user {user} has a test line but no valid line", f"{base}.test.inter", number)
         rows = train[user][::-1]  # the files list each user's prefixes longest first
         start = rows[0][1] + [r[2] for r in rows] if rows else valid[user][1]
         sequences[user] = [*start, valid[user][2], target]

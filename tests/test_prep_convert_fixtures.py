@@ -245,7 +245,11 @@ def test_non_utf8_in_csv_and_metadata(tmp_path: Path) -> None:
             [],
             "empty interaction file",
         ),
-        ({"All_Beauty.csv": b"B1,A1,5.0,1\n", "meta_All_Beauty.json": b""}, [], "empty metadata file"),
+        (
+            {"All_Beauty.csv": b"B1,A1,5.0,1500000000\n", "meta_All_Beauty.json": b""},
+            [],
+            "empty metadata file",
+        ),
         (
             {
                 "All_Beauty.csv": (FIXTURES / "2023" / "All_Beauty.jsonl").read_bytes(),
@@ -258,12 +262,15 @@ def test_non_utf8_in_csv_and_metadata(tmp_path: Path) -> None:
         ({}, ["--category", "2018:All_Beuaty"], "no category 'All_Beuaty'; did you mean 'All_Beauty'?"),
         ({}, ["--category", "2023:All_Beauty:ratings"], "release 2023 publishes no 'ratings' files"),
         (
-            {"All_Beauty.csv": b"B1,A1,5.0,1\n", "meta_All_Beauty.json": b"{}\n"},
+            {"All_Beauty.csv": b"B1,A1,5.0,1500000000\n", "meta_All_Beauty.json": b"{}\n"},
             [],
             "no readable metadata record",
         ),
         (
-            {"All_Beauty.csv": b"B1,A1,5.0,1\n", "meta_All_Beauty.json": b'{"asin": "B1", "title": "t"}\n'},
+            {
+                "All_Beauty.csv": b"B1,A1,5.0,1500000000\n",
+                "meta_All_Beauty.json": b'{"asin": "B1", "title": "t"}\n',
+            },
             ["--min-user-inter", "2"],
             "no interaction left after filtering",
         ),

@@ -1,26 +1,47 @@
-"""download against a local HTTP server with Range support: fresh, skip, resume, corrupt, offline."""
+"""download against a local HTTP server with Range support: fresh, skip, resume, corrupt, offline, and
+servers that misbehave (no length, cut bodies, HTML pages, ranges ignored or refused)."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from dataset_prep.cli import main
+from dataset_prep.registry import RELEASES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "prep"
 
 
-class Server:
-    """Serves ``files`` (URL path -> bytes) and records each request's path and Range header."""
+class QuietServer(ThreadingHTTPServer):
+    """Keeps the server side's own errors (a client that hangs up early: BrokenPipe) off stderr, where the
+    tests look for srt-prep's messages."""
 
-    def __init__(self, files: dict[str, bytes]) -> None:
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
+class Server:
+    """Serves ``files`` (URL path -> bytes) and records each request's path and Range header.
+
+    ``modes`` (URL path -> name) makes a path misbehave like real servers and proxies do:
+    ``no-length`` (no Content-Length, the body ends when the connection closes), ``short`` (announces the
+    whole length, sends half), ``chunked-cut`` (chunked encoding, cut before the last chunk),
+    ``range-200`` (answers a Range request with 200 and the whole file), ``range-206-from-0`` (answers
+    206 but sends the whole file from byte 0), ``range-206-elsewhere`` (206 from another offset),
+    ``partial-always`` (206 with the second half of the file, even to a request without a range)."""
+
+    def __init__(self, files: dict[str, bytes], modes: dict[str, str] | None = None) -> None:
         self.files = files
+        self.modes = modes or {}
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -31,24 +52,41 @@ class Server:
                 if body is None:
                     self.send_error(404)
                     return
+                mode = server.modes.get(self.path, "")
                 start = 0
-                if self.headers.get("Range"):
+                if self.headers.get("Range") and mode != "range-200":
                     start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
                     if start >= len(body):
-                        self.send_error(416)
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
                         return
+                    start = {"range-206-from-0": 0, "range-206-elsewhere": start // 2}.get(mode, start)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                elif mode == "partial-always":  # a broken proxy: a part of the file to a plain request
+                    start = len(body) // 2
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
+                data = body[start:]
+                if mode == "chunked-cut":
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    half = data[: len(data) // 2]
+                    self.wfile.write(f"{len(half):x}\r\n".encode() + half + b"\r\n")
+                    return  # the connection closes without the last (empty) chunk
+                if mode != "no-length":
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(body[start:])
+                self.wfile.write(data[: len(data) // 2] if mode == "short" else data)
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -181,3 +219,196 @@ def test_missing_remote_file(tmp_path: Path, server: Server, capsys) -> None:
         == 2
     )
     assert "HTTP 404" in capsys.readouterr().err
+
+
+# Bad downloads, fed the real Magazine_Subscriptions files (2018) through the local server.
+MAGAZINE = Path(__file__).parents[1].parent / "shared" / "data" / "amazon2018-magazine-subscriptions"
+CSV = "/categoryFilesSmall/Magazine_Subscriptions.csv"
+META = "/metaFiles2/meta_Magazine_Subscriptions.json.gz"
+HTML = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in</body></html>\n"
+
+
+@pytest.fixture
+def magazine() -> dict[str, bytes]:
+    """The real 2018 Magazine_Subscriptions files at their published paths (the CSV is plain there)."""
+    if not MAGAZINE.is_dir():
+        pytest.skip(f"shared sample {MAGAZINE} is absent (tests read ../shared/data in place)")
+    return {
+        CSV: gzip.decompress((MAGAZINE / "Magazine_Subscriptions.csv.gz").read_bytes()),
+        META: (MAGAZINE / "meta_Magazine_Subscriptions.json.gz").read_bytes(),
+    }
+
+
+@contextmanager
+def serving(files: dict[str, bytes], modes: dict[str, str] | None = None) -> Iterator[Server]:
+    srv = Server(files, modes)
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def get_magazine(url: str, out: Path) -> int:
+    args = ["download", "--category", "2018:Magazine_Subscriptions", "--output", str(out)]
+    return main([*args, "--base-url", url, "--timeout", "10"])
+
+
+def only_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("srt-prep: error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    return lines[0]
+
+
+def test_log_records_size_and_sha256_and_unrecorded_files_are_fetched_again(
+    tmp_path: Path, magazine: dict[str, bytes], capsys
+) -> None:
+    folder = tmp_path / "2018"
+    folder.mkdir()
+    (folder / "Magazine_Subscriptions.csv").write_bytes(magazine[CSV][:1000])  # "finished" by an old version
+    with serving(magazine) as srv:
+        assert get_magazine(srv.url, tmp_path) == 0
+        assert (folder / "Magazine_Subscriptions.csv").read_bytes() == magazine[CSV]
+        log = json.loads((folder / "downloads.json").read_text())["files"]
+        for path, body in magazine.items():
+            record = log[path.rsplit("/", 1)[1]]
+            assert record["size"] == len(body) and record["sha256"] == hashlib.sha256(body).hexdigest()
+            assert record["url"] == srv.url + path[1:] and record["length_checked"] is True
+        before = len(srv.requests)
+        assert get_magazine(srv.url, tmp_path) == 0
+        assert len(srv.requests) == before
+        (folder / "Magazine_Subscriptions.csv").write_bytes(magazine[CSV] + b"x,y,5.0,1\n")  # changed since
+        assert get_magazine(srv.url, tmp_path) == 0
+        assert srv.requests[before:] == [(CSV, None)]
+    assert (folder / "Magazine_Subscriptions.csv").read_bytes() == magazine[CSV]
+    assert "already downloaded and verified, skipped" in capsys.readouterr().err
+
+
+def test_csv_cut_short_without_a_length_header(tmp_path: Path, magazine: dict[str, bytes], capsys) -> None:
+    cut = magazine[CSV][: len(magazine[CSV]) // 2]
+    assert not cut.endswith(b"\n")
+    with serving({**magazine, CSV: cut}, {CSV: "no-length"}) as srv:
+        assert get_magazine(srv.url, tmp_path) == 2
+    line = only_error_line(capsys.readouterr().err)
+    assert line == (
+        f"srt-prep: error: {tmp_path}/2018/Magazine_Subscriptions.csv: downloaded file failed verification "
+        "(ends in the middle of a line (cut short?)); deleted, rerun"
+    )
+    assert not list((tmp_path / "2018").iterdir())  # no file, no .part, no log entry
+    # The whole file without a length header: accepted on its format, recorded as such.
+    with serving(magazine, {CSV: "no-length"}) as srv:
+        assert get_magazine(srv.url, tmp_path) == 0
+    assert "format only: the server announced no length" in capsys.readouterr().err
+    log = json.loads((tmp_path / "2018" / "downloads.json").read_text())["files"]
+    assert log["Magazine_Subscriptions.csv"]["length_checked"] is False
+    assert log["meta_Magazine_Subscriptions.json.gz"]["length_checked"] is True
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        (CSV, HTML, "is an HTML page, not a data file (starts '<!DOCTYPE html>')"),
+        (META, HTML, "not a gzip file but an HTML page (starts b'<!DOCTYPE html>"),
+        (CSV, b'{"user_id": "A1", "parent_asin": "B1", "rating": 5, "timestamp": 1}\n', "line 1"),
+        (META, gzip.compress(b"B00005N7P0,AH2IFH762VY5U,5.0,1005177600\n"), "line 1"),
+    ],
+)
+def test_wrong_content_fails_verification(
+    tmp_path: Path, magazine: dict[str, bytes], capsys, path: str, body: bytes, message: str
+) -> None:
+    with serving({**magazine, path: body}) as srv:
+        assert get_magazine(srv.url, tmp_path) == 2
+    line = only_error_line(capsys.readouterr().err)
+    assert path.rsplit("/", 1)[1] + ": downloaded file failed verification" in line and message in line
+    assert "not the release's record layout" in line or "HTML" in line
+    assert not (tmp_path / "2018" / path.rsplit("/", 1)[1]).exists()
+
+
+def test_part_larger_than_the_file_starts_again(tmp_path: Path, magazine: dict[str, bytes], capsys) -> None:
+    folder = tmp_path / "2018"
+    folder.mkdir()
+    (folder / "meta_Magazine_Subscriptions.json.gz.part").write_bytes(magazine[META] + b"\0junk" * 100)
+    with serving(magazine) as srv:
+        assert get_magazine(srv.url, tmp_path) == 0
+        metas = [r for r in srv.requests if r[0] == META]
+    assert metas == [(META, f"bytes={len(magazine[META]) + 500}-"), (META, None)]  # 416, then from 0
+    assert (folder / "meta_Magazine_Subscriptions.json.gz").read_bytes() == magazine[META]
+    assert f"is {len(magazine[META]) + 500} bytes, the file on the server {len(magazine[META])} bytes" in (
+        capsys.readouterr().err
+    )
+
+
+def test_complete_part_is_not_fetched_again(tmp_path: Path, magazine: dict[str, bytes]) -> None:
+    folder = tmp_path / "2018"
+    folder.mkdir()
+    (folder / "meta_Magazine_Subscriptions.json.gz.part").write_bytes(magazine[META])
+    with serving(magazine) as srv:
+        assert get_magazine(srv.url, tmp_path) == 0
+        assert [r for r in srv.requests if r[0] == META] == [(META, f"bytes={len(magazine[META])}-")]
+    assert (folder / "meta_Magazine_Subscriptions.json.gz").read_bytes() == magazine[META]
+
+
+@pytest.mark.parametrize("mode", ["range-200", "range-206-from-0", "range-206-elsewhere"])
+def test_resume_the_server_did_not_honour_restarts(
+    tmp_path: Path, magazine: dict[str, bytes], capsys, mode: str
+) -> None:
+    folder = tmp_path / "2018"
+    folder.mkdir()
+    (folder / "meta_Magazine_Subscriptions.json.gz.part").write_bytes(magazine[META][:5000])
+    with serving(magazine, {META: mode}) as srv:
+        assert get_magazine(srv.url, tmp_path) == 0
+        metas = [r for r in srv.requests if r[0] == META]
+    assert (folder / "meta_Magazine_Subscriptions.json.gz").read_bytes() == magazine[META]
+    expected = [(META, "bytes=5000-")] + ([(META, None)] if mode == "range-206-elsewhere" else [])
+    assert metas == expected
+    assert "starting again" in capsys.readouterr().err
+
+
+def test_partial_body_to_a_plain_request(tmp_path: Path, magazine: dict[str, bytes], capsys) -> None:
+    with serving(magazine, {META: "partial-always"}) as srv:
+        assert get_magazine(srv.url, tmp_path) == 2
+        assert [r for r in srv.requests if r[0] == META] == [(META, None)]  # refused, not retried forever
+    assert only_error_line(capsys.readouterr().err) == (
+        f"srt-prep: error: download failed: the server sent a partial body without a range for {srv.url}"
+        "metaFiles2/meta_Magazine_Subscriptions.json.gz"
+    )
+    assert not (tmp_path / "2018" / "meta_Magazine_Subscriptions.json.gz").exists()
+
+
+@pytest.mark.parametrize("mode", ["chunked-cut", "short"])
+def test_body_cut_short_keeps_the_part_and_resumes(
+    tmp_path: Path, magazine: dict[str, bytes], capsys, mode: str
+) -> None:
+    part = tmp_path / "2018" / "meta_Magazine_Subscriptions.json.gz.part"
+    with serving(magazine, {META: mode}) as srv:
+        assert get_magazine(srv.url, tmp_path) == 2
+    line = only_error_line(capsys.readouterr().err)
+    received = part.stat().st_size
+    assert 0 < received < len(magazine[META])
+    if mode == "chunked-cut":
+        assert line.startswith(f"srt-prep: error: {part}: download of http://127.0.0.1:")
+        assert (
+            f"interrupted after {received} bytes (IncompleteRead({received} bytes read)); " in line
+            and "rerun to resume" in line
+        )
+    else:
+        assert line.endswith(f"incomplete ({received} of {len(magazine[META])} bytes); rerun to resume")
+    assert not (tmp_path / "2018" / "meta_Magazine_Subscriptions.json.gz").exists()
+    with serving(magazine) as srv:
+        assert get_magazine(srv.url, tmp_path) == 0
+        assert (META, f"bytes={received}-") in srv.requests
+    assert (tmp_path / "2018" / "meta_Magazine_Subscriptions.json.gz").read_bytes() == magazine[META]
+
+
+def test_2014_layouts_verify(tmp_path: Path) -> None:
+    files = {
+        "/ratings_Beauty.csv": (FIXTURES / "2014" / "ratings_Beauty.csv").read_bytes(),
+        "/meta_Beauty.json.gz": gzip.compress((FIXTURES / "2014" / "meta_Beauty.json").read_bytes()),
+    }
+    with serving(files) as srv:
+        args = ["download", "--category", "2014:Beauty", "--output", str(tmp_path), "--base-url", srv.url]
+        assert main(args) == 0
+    assert (tmp_path / "2014" / "meta_Beauty.json.gz").is_file()
+
+
+def test_every_release_url_is_https() -> None:
+    assert all(release.base_url.startswith("https://") for release in RELEASES.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -97,3 +98,66 @@ def test_inconsistent_unisrec_files_are_rejected(tmp_path: Path, capsys) -> None
     (src / "Toy.text").write_text("item_id:token\ttext:token_seq\nI0\ta\nI1\tb\nI2\tc\n")
     assert main(["import-unisrec", "--input", str(src), "--name", "toy", "--output", str(tmp_path)]) == 2
     assert "Toy.test.inter:2: line does not match" in capsys.readouterr().err
+
+
+HEAD = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+TOY = {
+    "Toy.item2index": "I0\t0\nI1\t1\nI2\t2\n",
+    "Toy.user2index": "U0\t0\n",
+    "Toy.train.inter": HEAD + "0\t0\t1\n",
+    "Toy.valid.inter": HEAD + "0\t0 1\t2\n",
+    "Toy.test.inter": HEAD + "0\t0 1 2\t1\n",
+    "Toy.text": "item_id:token\ttext:token_seq\nI0\ta\nI1\tb\nI2\tc\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"Toy.test.inter": HEAD},
+            "{src}/Toy.test.inter: no test lines (only the header): nothing to import",
+        ),
+        ({"Toy.user2index": "U0\t0\nU1\t0\n"}, "{src}/Toy.user2index:2: index 0 appears twice"),
+        ({"Toy.text": None}, "{src}/Toy.text: cannot read (Is a directory)"),
+        ({"Toy.valid.inter": b"\xff\xfe"}, "{src}/Toy.valid.inter: not UTF-8 text (invalid start byte)"),
+        (
+            {"Toy.test.inter": HEAD + "0\t0 1 2\t7\n"},
+            "{src}/Toy.test.inter:2: user or item index out of range",
+        ),
+    ],
+    ids=["no-test-lines", "duplicate-index", "text-is-a-folder", "binary", "index-out-of-range"],
+)
+def test_broken_unisrec_files(tmp_path: Path, capsys, change: dict, message: str) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, text in {**TOY, **change}.items():
+        if text is None:
+            (src / name).mkdir()
+        else:
+            (src / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    out = tmp_path / "out"
+    assert main(["import-unisrec", "--input", str(src), "--name", "toy", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"srt-prep: error: {message.format(src=src)}")
+    assert "Traceback" not in err and not (out / "toy").exists()
+
+
+def test_import_is_atomic_and_refuses_a_path_as_name(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, text in TOY.items():
+        (src / name).write_text(text)
+    out = tmp_path / "out"
+    assert main(["import-unisrec", "--input", str(src), "--name", "toy", "--output", str(out)]) == 0
+    manifest = json.loads((out / "toy" / "manifest.json").read_text())["files"]
+    assert sorted(manifest) == ["report.json", "toy.inter", "toy.item", "toy.yaml"]
+    before = {p.name: p.read_bytes() for p in (out / "toy").iterdir()}
+    (src / "Toy.test.inter").write_text(HEAD)  # now broken: the previous import stays as it was
+    assert main(["import-unisrec", "--input", str(src), "--name", "toy", "--output", str(out)]) == 2
+    assert {p.name: p.read_bytes() for p in (out / "toy").iterdir()} == before
+    assert [p.name for p in out.iterdir()] == ["toy"]
+    capsys.readouterr()
+    assert main(["import-unisrec", "--input", str(src), "--name", "../toy", "--output", str(out)]) == 2
+    assert "--name '../toy' must be one folder name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
