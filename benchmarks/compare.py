@@ -1,6 +1,6 @@
 """SRT vs RecBole's SASRec and BERT4Rec: same data, same protocol, one command; also the tuner.
 
-    python benchmarks/compare.py --dataset scientific --unisrec-dir ../shared/data/scientific-unisrec \
+    python benchmarks/compare.py --dataset scientific --unisrec-dir PATH/TO/scientific-unisrec \
         --models SRT SASRec BERT4Rec --seeds 3 --out results/compare [--MAX_ITEM_LIST_LENGTH=20 ...]
     python benchmarks/compare.py --dataset scientific --grid benchmarks/grids/scientific.yaml \
         --split valid --seeds 1 --workers 2 --out results/tune
@@ -41,6 +41,8 @@ import pandas as pd
 import torch
 import yaml
 
+from recbole_srt.metrics import full_ranks, ranking_metrics
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -59,7 +61,8 @@ SHARED_SETTINGS = {
     "state": "WARNING",
 }
 PROTOCOL_KEYS = ("topk", "metrics", "eval_args")
-METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10"]
+# full ranking, then the SRT paper's Recall/NDCG@5 against 10,000 sampled negatives (recbole_srt.metrics)
+METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "sampled_recall@5", "sampled_ndcg@5"]
 KS = (10, 20)
 SLICES = ["unseen_test_users", "unseen_recall@10", "unseen_ndcg@10", "cold_test_users", "cold_recall@10",
           "cold_ndcg@10"]  # fmt: skip
@@ -144,37 +147,20 @@ def hold_out_items(
 # --- one run (in its own process) -------------------------------------------------------------
 
 
-def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
-    """Leave-one-out metrics from 0-based ranks of each user's single target item."""
-    if len(ranks) == 0:
-        return {}
-    metrics = {}
-    for k in KS:
-        hit = ranks < k
-        metrics[f"recall@{k}"] = float(hit.mean())
-        metrics[f"ndcg@{k}"] = float(np.where(hit, 1 / np.log2(ranks + 2), 0).mean())
-    metrics["mrr@10"] = float(np.where(ranks < 10, 1 / (ranks + 1), 0).mean())
-    return metrics
-
-
 def target_ranks(trainer, test_data) -> tuple[np.ndarray, np.ndarray]:
-    """Target item id and its 0-based rank for every test user, exactly as RecBole's evaluator ranks.
+    """Target item id and its 0-based rank (:func:`recbole_srt.metrics.full_ranks`) for every test user.
 
-    Scores come from ``Trainer._full_sort_batch_eval`` (padding and history masked) and the ranking
-    from ``torch.topk(max(KS))`` as RecBole's evaluator does with ``topk: [10, 20]``, so tied scores
-    (SRT gives items with identical text identical scores) are broken the same way. A target outside
-    the top ``max(KS)`` gets rank ``max(KS)``.
+    Scores come from ``Trainer._full_sort_batch_eval`` (padding and history masked); ranks follow
+    RecBole's ``torch.topk(max(KS))`` with ``topk: [10, 20]``, so tied scores (SRT gives items with
+    identical text identical scores) are broken as RecBole's evaluator breaks them.
     """
-    depth = max(KS)
     items, ranks = [], []
     trainer.model.eval()
     with torch.no_grad():
         for batched_data in test_data:
             _, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batched_data)
-            top = torch.topk(scores[positive_u], min(depth, scores.shape[1]), dim=-1).indices
-            hit = top == positive_i.to(top.device).unsqueeze(1)
-            missed = torch.full_like(hit[:, 0], depth, dtype=torch.long)
-            ranks.append(torch.where(hit.any(1), hit.float().argmax(1), missed).cpu().numpy())
+            targets = positive_i.to(scores.device)
+            ranks.append(full_ranks(scores[positive_u], targets, max(KS)).cpu().numpy())
             items.append(positive_i.cpu().numpy())
     return np.concatenate(items), np.concatenate(ranks)
 
@@ -227,7 +213,7 @@ def run_one(job: dict, threads: int | None) -> dict:
               f"{stats.valid_score:.4f}, {stats.train_seconds:.0f} s training", flush=True)  # fmt: skip
 
     test = job["split"] == "test"
-    result = run(config, evaluate_test=test, on_epoch=progress)
+    result = run(config, evaluate_test=test, measure_flops=True, on_epoch=progress)
     row = {"label": job["label"], "overrides": job["overrides"], **result.record.to_dict()}
     if test:
         row.update(slice_metrics(result, job["cold_items"]))
@@ -395,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             todo.append(job)
     failed = 0
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
+    # a fresh process per run: its peak RSS is that run's alone
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context, max_tasks_per_child=1) as pool:
         started = {pool.submit(run_one, job, threads): (job, time.perf_counter()) for job in todo}
         for future in as_completed(started):
             job, start = started[future]

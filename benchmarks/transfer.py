@@ -1,8 +1,8 @@
 """Transfer benchmark: pre-train SRT on some categories, then measure it on a target dataset.
 
-    python benchmarks/transfer.py --target-input ../shared/data/scientific-unisrec \
-        --category 2018:Magazine_Subscriptions --input ../shared/data/amazon2018-magazine-subscriptions \
-        --category 2014:Digital_Music:5core --input ../shared/data/amazon2014-digital-music-truncated \
+    python benchmarks/transfer.py --target-input PATH/TO/scientific-unisrec \
+        --category 2018:Magazine_Subscriptions --input PATH/TO/amazon2018-magazine-subscriptions \
+        --category 2014:Digital_Music:5core --input PATH/TO/amazon2014-digital-music-truncated \
         [--pretrain-epochs 10 --epochs 4 --out results/transfer]
 
 1. data (cached under ``--work``): the target through ``dataset_prep.unisrec.import_unisrec``, the

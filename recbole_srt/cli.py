@@ -84,6 +84,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
 
 def _rank(local_rank: int, args: argparse.Namespace, config_files: list[str] | None, settings: dict) -> None:
     """One DDP process (``torch.multiprocessing.spawn`` target)."""
+    import torch.distributed
+
     import recbole_srt  # noqa: F401  (registers SRT in the spawned process)
 
     distributed = {
@@ -95,6 +97,7 @@ def _rank(local_rank: int, args: argparse.Namespace, config_files: list[str] | N
         "offset": args.group_offset,
     }
     record = run(make_config(args.model, args.dataset, config_files, {**settings, **distributed})).record
+    torch.distributed.destroy_process_group()
     if local_rank == 0:
         _report(record)
 

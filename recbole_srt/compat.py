@@ -33,6 +33,9 @@ dict``                           and of the command line                        
 config_dict``                    package                                         yamls` (a plugin's YAML
                                                                                  loads right after
                                                                                  overall.yaml)
+``Config._init_device``,         DDP hard-codes NCCL and CUDA devices, so        :func:`ddp_on_cpu`
+``DistributedDataParallel`` in   ``run_recbole --nproc=N`` cannot run without    (gloo and CPU when no
+``recbole.trainer.trainer``      a GPU                                           GPU is used)
 ===============================  ==============================================  =======================
 
 :func:`apply` runs them all; ``import recbole_srt`` calls it.
@@ -44,14 +47,17 @@ import ast
 import contextlib
 import contextvars
 import importlib.metadata
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import recbole
+import recbole.trainer.trainer as recbole_trainer
 import torch
 from recbole.config import Config
 from recbole.utils import ModelType
+from torch.nn.parallel import DistributedDataParallel
 
 RECBOLE_VERSION = "1.2.1"
 # (distribution, first incompatible major version, why)
@@ -237,6 +243,39 @@ def plugin_model_yamls() -> None:
     Config._update_internal_config_dict = _update_internal_config_dict
 
 
+_recbole_init_device = Config._init_device
+
+
+def _init_device(self: Config) -> None:
+    final = self.final_config_dict
+    if "local_rank" not in final or (str(final["gpu_id"]) != "" and torch.cuda.is_available()):
+        _recbole_init_device(self)
+        return
+    # RecBole's DDP branch, with gloo on CPU instead of NCCL on a CUDA device.
+    final["gpu_id"] = os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    torch.distributed.init_process_group(
+        backend="gloo",
+        rank=final["local_rank"] + final["offset"],
+        world_size=final["world_size"],
+        init_method=f"tcp://{final['ip']}:{final['port']}",
+    )
+    final["device"], final["single_spec"] = torch.device("cpu"), False
+    if final["local_rank"] != 0:
+        final["state"], final["show_progress"], final["verbose"] = "error", False, False
+
+
+def _distributed_model(module: torch.nn.Module, device_ids=None, **kwargs):
+    """RecBole passes ``device_ids=[local_rank]``, which DDP refuses for a module on the CPU."""
+    on_cpu = next(module.parameters()).device.type == "cpu"
+    return DistributedDataParallel(module, device_ids=None if on_cpu else device_ids, **kwargs)
+
+
+def ddp_on_cpu() -> None:
+    """``run_recbole --nproc=N`` without a GPU: gloo process group, CPU device, CPU DDP wrapper."""
+    Config._init_device = _init_device
+    recbole_trainer.DistributedDataParallel = _distributed_model
+
+
 def apply() -> None:
     """Check the stack, then patch what a pin cannot fix."""
     check_stack()
@@ -246,3 +285,4 @@ def apply() -> None:
     scoped_argv()
     literal_config_values()
     plugin_model_yamls()
+    ddp_on_cpu()

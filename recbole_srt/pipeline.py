@@ -64,10 +64,12 @@ class RunRecord:
     epochs: list[EpochStats] = field(default_factory=list)
     best_valid: dict = field(default_factory=dict)
     test: dict = field(default_factory=dict)
+    test_sampled: dict = field(default_factory=dict)
     zero_shot_valid: dict | None = None
     zero_shot_test: dict | None = None
     stages: list[Stage] = field(default_factory=list)
     flops_per_epoch: int | None = None
+    macs_per_epoch: int | None = None
     checkpoint: str | None = None
     wall_s: float = 0.0
     peak_rss_mb: float = 0.0
@@ -93,13 +95,15 @@ class RunRecord:
         return sum(e.train_targets for e in self.epochs) / seconds if seconds else float("nan")
 
     def to_dict(self) -> dict:
-        """A flat JSON-ready row: metrics prefixed ``valid_`` (best epoch), ``test_``, ``zero_shot_*_``."""
+        """A flat JSON-ready row: metrics prefixed ``valid_`` (best epoch), ``test_``, ``zero_shot_*_``;
+        the paper's sampled metrics are ``valid_sampled_ndcg@5`` etc."""
         row = {
             "model": self.model,
             "dataset": self.dataset,
             "seed": self.seed,
             "device": self.device,
             **{f"params_{k}": v for k, v in dataclasses.asdict(self.params).items()},
+            "params_paper": self.params.paper,
             "n_items": self.n_items,
             "train_sequences": self.train_sequences,
             "epochs_run": len(self.epochs),
@@ -108,13 +112,19 @@ class RunRecord:
             "s_per_epoch": self.s_per_epoch,
             "train_targets_per_s": self.targets_per_s,
             "flops_per_epoch": self.flops_per_epoch,
+            "macs_per_epoch": self.macs_per_epoch,
             "checkpoint": self.checkpoint,
             "wall_s": self.wall_s,
             "peak_rss_mb": self.peak_rss_mb,
             "peak_gpu_mb": self.peak_gpu_mb,
             **{f"valid_{k}": float(v) for k, v in self.best_valid.items()},
             **{f"test_{k}": float(v) for k, v in self.test.items()},
+            **{f"test_{k}": float(v) for k, v in self.test_sampled.items()},
         }
+        if self.best_epoch is not None:
+            row.update(
+                {f"valid_{k}": float(v) for k, v in self.epochs[self.best_epoch - 1].valid_sampled.items()}
+            )
         for split in ("valid", "test"):
             metrics = getattr(self, f"zero_shot_{split}")
             row.update({f"zero_shot_{split}_{k}": float(v) for k, v in (metrics or {}).items()})
@@ -214,7 +224,8 @@ def run(
         build_model: ``(config, train_dataset) -> model`` instead of RecBole's ``get_model`` (fine-tuning).
         plan: ``config -> stages``; default one stage of every parameter, ``epochs`` long.
         zero_shot: evaluate valid and test before any training (fine-tuning).
-        measure_flops: measure the training FLOPs of one epoch on real batches.
+        measure_flops: measure one epoch's training FLOPs (forward + backward) and forward MACs
+            (the SRT paper's thop convention) on real batches.
         resume: a checkpoint of this run to continue (RecBole's ``resume_checkpoint``).
         on_epoch: called after each validation with the run so far and that epoch's stats.
     """
@@ -243,9 +254,10 @@ def run(
         train_sequences=len(train_data._dataset),
     )
     if measure_flops:
-        from recbole_srt.analysis.flops import epoch_flops
+        from recbole_srt.analysis.flops import epoch_costs
 
-        record.flops_per_epoch = epoch_flops(model, train_data, bool(config["enable_amp"]), config["seed"])
+        costs = epoch_costs(model, train_data, bool(config["enable_amp"]), config["seed"])
+        record.flops_per_epoch, record.macs_per_epoch = costs
     if zero_shot:
         probe = trainer_class(config, model)
         record.zero_shot_valid = dict(probe.evaluate(valid_data, load_best_model=False))
@@ -302,6 +314,7 @@ def run(
     if evaluate_test:
         loaded = saved and os.path.isfile(checkpoint)
         record.test = dict(trainer.evaluate(test_data, load_best_model=loaded, model_file=checkpoint))
+        record.test_sampled = trainer.eval_sampled
     record.wall_s = time.perf_counter() - start
     record.peak_rss_mb, record.peak_gpu_mb = _peak_memory(config["device"])
     logger.info("best valid: %s; test: %s", record.best_valid, record.test)

@@ -5,7 +5,8 @@ is one :func:`recbole_srt.pipeline.run` (one model size, one data fraction, one 
 
 * ``data_fraction``: the training sequences of a seeded random fraction of the users (valid and
   test stay whole, so every fraction is scored on the same data);
-* ``measure_flops``: the FLOPs of one training epoch, measured on real batches;
+* ``measure_flops``: the FLOPs (forward + backward) and the paper's forward MACs of one training
+  epoch, measured on real batches;
 * ``on_epoch``: one row per epoch reported to Ray Tune (train loss, valid metrics and loss,
   cumulative targets, FLOPs and wall time), so a scheduler such as ASHA can stop the trial early.
   When the epoch is the best so far, the test split is scored with the same weights and the model
@@ -50,6 +51,7 @@ class Progress:
 
     train_tokens: int = 0
     flops: int = 0
+    macs: int = 0
     wall_time_s: float = 0.0
     best_epoch: int = -1
 
@@ -117,16 +119,18 @@ def _train(
         fit_start = fit_start or time.perf_counter() - stats.train_seconds - stats.valid_seconds
         progress.train_tokens += stats.train_targets
         progress.flops += record.flops_per_epoch
-        test, test_loss = dict.fromkeys(stats.valid, math.nan), math.nan
+        progress.macs += record.macs_per_epoch
+        test, test_loss = dict.fromkeys([*stats.valid, *stats.valid_sampled], math.nan), math.nan
         if stats.is_best:
             progress.best_epoch = stats.epoch
-            test = trainer.evaluate(result.test_data, load_best_model=False)
+            test = {**trainer.evaluate(result.test_data, load_best_model=False), **trainer.eval_sampled}
             test_loss = trainer.eval_loss
         progress.wall_time_s = wall_offset + time.perf_counter() - fit_start
         row = {
             "params_trainable": record.params.trainable,
             "params_non_embedding": record.params.non_embedding,
             "params_catalog": record.params.catalog,
+            "params_paper": record.params.paper,
             "n_items": record.n_items,
             "max_epochs": result.config["epochs"],
             "train_sequences": record.train_sequences,
@@ -136,10 +140,11 @@ def _train(
             "epoch": stats.epoch,
             "train_tokens": progress.train_tokens,
             "flops": progress.flops,
+            "macs": progress.macs,
             "train_loss": stats.train_loss,
             "valid_loss": stats.valid_loss,
             "valid_score": stats.valid_score,
-            **{f"valid_{k}": float(v) for k, v in stats.valid.items()},
+            **{f"valid_{k}": float(v) for k, v in {**stats.valid, **stats.valid_sampled}.items()},
             "test_loss": test_loss,
             **{f"test_{k}": float(v) for k, v in test.items()},
             "wall_time_s": progress.wall_time_s,

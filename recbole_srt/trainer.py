@@ -17,9 +17,11 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from recbole.trainer import Trainer
 
+from recbole_srt.metrics import SAMPLED_KS, ranking_metrics, sampled_ranks
 from recbole_srt.optim import build_optimizer
 
 
@@ -35,6 +37,7 @@ class EpochStats:
     valid_score: float = math.nan
     valid_loss: float = math.nan
     valid: dict = field(default_factory=dict)
+    valid_sampled: dict = field(default_factory=dict)
     is_best: bool = False
 
     @property
@@ -58,15 +61,16 @@ def training_targets(model: torch.nn.Module, interaction) -> torch.Tensor:
 class EpochRecorder:
     """Mixin for a RecBole trainer: appends one :class:`EpochStats` to ``self.history`` per epoch.
 
-    ``self.eval_loss`` is the mean full-catalog cross-entropy of the last :meth:`evaluate` call.
+    After each full-ranking :meth:`evaluate`: ``self.eval_loss``, the mean full-catalog cross-entropy
+    of the targets, and ``self.eval_sampled``, the SRT paper's Recall@5/NDCG@5 against 10,000
+    sampled negatives (:mod:`recbole_srt.metrics`), both from the score rows RecBole ranks.
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.history: list[EpochStats] = []
-        self.eval_loss = math.nan
-        self._eval_loss_sum = torch.zeros(())
-        self._eval_count = 0
+        self.eval_loss, self.eval_sampled = math.nan, {}
+        self._eval_loss_sum, self._eval_count, self._sampled_ranks = torch.zeros(()), 0, []
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         loss_func = loss_func or self.model.calculate_loss
@@ -96,22 +100,35 @@ class EpochRecorder:
         stats = self.history[-1]
         stats.valid_seconds = time.perf_counter() - start
         stats.valid_score, stats.valid, stats.valid_loss = float(score), dict(result), self.eval_loss
+        stats.valid_sampled = self.eval_sampled
         # RecBole's early stopping (called next, against the best so far) takes ties as a new best.
         bigger = self.valid_metric_bigger
         stats.is_best = score >= self.best_valid_score if bigger else score <= self.best_valid_score
         return score, result
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        self._eval_loss_sum, self._eval_count = torch.zeros((), device=self.device), 0
+        self._eval_loss_sum, self._eval_count, self._sampled_ranks = (
+            torch.zeros((), device=self.device),
+            0,
+            [],
+        )
         result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
         self.eval_loss = float(self._eval_loss_sum / self._eval_count) if self._eval_count else math.nan
+        ranks = torch.cat(self._sampled_ranks).cpu().numpy() if self._sampled_ranks else np.zeros(0)
+        metrics = ranking_metrics(ranks, SAMPLED_KS, mrr_k=None)
+        self.eval_sampled = {f"sampled_{k}": v for k, v in metrics.items()}
         return result
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        targets = positive_i.to(scores.device)
         log_probs = torch.log_softmax(scores.float(), dim=1)
-        self._eval_loss_sum = self._eval_loss_sum - log_probs[positive_u, positive_i.to(scores.device)].sum()
+        self._eval_loss_sum = self._eval_loss_sum - log_probs[positive_u, targets].sum()
         self._eval_count += len(positive_u)
+        users = interaction[self.config["USER_ID_FIELD"]][
+            positive_u.to(interaction[self.config["USER_ID_FIELD"]].device)
+        ]
+        self._sampled_ranks.append(sampled_ranks(scores[positive_u], targets, users))
         return interaction, scores, positive_u, positive_i
 
 

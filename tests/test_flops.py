@@ -9,7 +9,7 @@ from recbole.model.sequential_recommender.bert4rec import BERT4Rec
 from recbole.model.sequential_recommender.sasrec import SASRec
 from torch.utils.flop_counter import FlopCounterMode
 
-from recbole_srt.analysis.flops import CPU_ATTENTION_FORMULAS, training_step_flops
+from recbole_srt.analysis.flops import CPU_ATTENTION_FORMULAS, forward_macs, training_step_flops
 from recbole_srt.model.params import count_params
 from recbole_srt.trainer import training_targets
 
@@ -139,3 +139,30 @@ def test_training_targets_per_model():
     bert = BERT4Rec(_recbole_config(), _Items())
     masked = {"MASK_INDEX": torch.tensor([[0, 0, 3], [0, 2, 5]])}
     assert int(training_targets(bert, masked)) == 3
+
+
+def test_forward_macs_follow_the_references_thop_convention():
+    """thop counts a layer's multiply-accumulates (Linear: in x out per row), not functional matmuls."""
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 3)
+
+        def calculate_loss(self, batch):
+            return (self.layer(batch["x"]) @ batch["w"]).sum()  # the functional matmul is not counted
+
+    batch = {"x": torch.randn(5, 4), "w": torch.randn(3, 2)}
+    assert forward_macs(Toy(), batch) == 5 * 4 * 3
+    srt = make_srt(N_ITEMS, FEAT, n_layers=2, hidden_size=D, inner_size=INNER)
+    assert 0 < forward_macs(srt, make_batch(N_ITEMS)) < training_step_flops(srt, make_batch(N_ITEMS)) / 2
+
+
+def test_paper_n_is_every_parameter_but_the_item_side_tables():
+    sasrec = SASRec(_recbole_config(), _Items())
+    counts = count_params(sasrec)
+    assert counts.paper == sum(
+        p.numel() for n, p in sasrec.named_parameters() if not n.startswith("item_embedding")
+    )
+    srt = make_srt(N_ITEMS, FEAT)
+    assert srt.num_params().paper == srt.num_params().trainable

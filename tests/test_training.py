@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_config, write_tiny_dataset
 from recbole.quick_start import load_data_and_model, objective_function
 
-from recbole_srt import SRT
+from recbole_srt import SRT, Recommender
 from recbole_srt.cli import main, parse_args, quiet_library_warnings
 
 RUN_RECBOLE = shutil.which("run_recbole") or str(Path(sys.executable).with_name("run_recbole"))
@@ -123,3 +123,24 @@ def test_cli_silences_exactly_recboles_known_harmless_warnings(message, category
         quiet_library_warnings()
         warnings.warn_explicit(message, category, "file.py", 1, module=module)
     assert (not caught) == silenced
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_on_cpu_finishes_and_its_checkpoint_reloads(tmp_path):
+    folder = write_tiny_dataset(tmp_path, n_users=60)
+    ddp = ["--nproc=2", f"--port={_free_port()}", "--epochs=2", "--train_batch_size=32"]
+    log = run_console(tmp_path, "--model=SRT", f"--config_files={folder / 'tiny.yaml'}", *ddp)
+    assert "test result" in log and log.count("checkpoint: ") == 1  # rank 0 reports
+    (checkpoint,) = (tmp_path / "saved").glob("SRT-*.pth")
+    recommender = Recommender.from_checkpoint(checkpoint, folder / "tiny.item")
+    config = torch.load(checkpoint, weights_only=False)["config"]
+    assert config["world_size"] == 2 and not config["single_spec"] and config["device"].type == "cpu"
+    assert len(recommender.recommend(["i1", "i2"], k=5)) == 5

@@ -70,21 +70,44 @@ def training_step_flops(model: nn.Module, interaction, enable_amp: bool = False)
     return int(counter.get_total_flops())
 
 
-def epoch_flops(model: nn.Module, train_data, enable_amp: bool, seed: int) -> int:
-    """Training FLOPs of one epoch, measured on real batches.
+def forward_macs(model: nn.Module, interaction) -> int:
+    """Multiply-accumulates of one forward ``calculate_loss`` on ``interaction``, as the SRT reference
+    counts them: ``thop`` hooks on the model's layers (``nn.Linear``, norms, ...), so functional
+    attention matmuls and the loss's own products are not counted."""
+    from thop import profile
+
+    class Loss(nn.Module):
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, batch):
+            return self.model.calculate_loss(batch)
+
+    device = next(model.parameters()).device
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        macs, _ = profile(Loss(model), inputs=(interaction,), verbose=False)
+    model.train()
+    return int(macs)
+
+
+def epoch_costs(model: nn.Module, train_data, enable_amp: bool, seed: int) -> tuple[int, int]:
+    """Training FLOPs (forward + backward, :func:`training_step_flops`) and forward MACs
+    (:func:`forward_macs`) of one epoch, measured on real batches.
 
     An epoch is ``n_full`` full batches plus one partial batch of the remaining sequences; each
-    kind is measured once (:func:`training_step_flops`) on sequences drawn at random from the
-    training set, through the dataloader's own collation (BERT4Rec's masking included).
-    Batch-to-batch differences (SRT's distinct items, BERT4Rec's masked count) are not averaged out.
+    kind is measured once on sequences drawn at random from the training set, through the
+    dataloader's own collation (BERT4Rec's masking included). Batch-to-batch differences (SRT's
+    distinct items, BERT4Rec's masked count) are not averaged out.
     """
     n_rows, batch_size = len(train_data._dataset), train_data.step
     n_full, rest = divmod(n_rows, batch_size)
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
 
-    def measure(size: int) -> int:
-        batch = train_data.collate_fn(rng.choice(n_rows, size, replace=False).tolist())
-        return training_step_flops(model, batch.to(device), enable_amp)
+    def measure(size: int) -> tuple[int, int]:
+        batch = train_data.collate_fn(rng.choice(n_rows, size, replace=False).tolist()).to(device)
+        return training_step_flops(model, batch, enable_amp), forward_macs(model, batch)
 
-    return (n_full * measure(batch_size) if n_full else 0) + (measure(rest) if rest else 0)
+    full, partial = measure(batch_size) if n_full else (0, 0), measure(rest) if rest else (0, 0)
+    return n_full * full[0] + partial[0], n_full * full[1] + partial[1]

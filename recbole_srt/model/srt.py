@@ -226,7 +226,7 @@ class SRT(SequentialRecommender):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             self, ["item_features", "sampling_weight", "log_q"]
         )
-        self._catalog_cache: tuple[tuple, torch.Tensor] | None = None
+        self._catalog_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
         n_layers, eps = config["n_layers"], config["layer_norm_eps"]
         dropouts = per_block(config["hidden_dropout_prob"], n_layers)
@@ -279,19 +279,21 @@ class SRT(SequentialRecommender):
         """``[N, d]``: the whole catalog through the item tower (row 0 = padding)."""
         return self.item_tower(self.item_features)
 
-    def _catalog_keys(self) -> torch.Tensor:
-        """``[N, d]`` catalog vectors as scored; computed once per evaluation and reused.
+    def _catalog(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[N, d]`` catalog embeddings and the same vectors as scored (:meth:`_key`).
 
-        Outside training (eval mode, no grad) the result is cached under the versions of the feature
-        buffer and of every item-tower tensor: an optimizer step, ``load_state_dict`` or a new
-        feature matrix changes one of them, so the cache is never stale.
+        Outside training (eval mode, no grad) they are computed once and cached under the versions of
+        the feature buffer and of every item-tower tensor: an optimizer step, ``load_state_dict`` or
+        a new feature matrix changes one of them, so the cache is never stale.
         """
         if self.training or torch.is_grad_enabled():
-            return self._key(self.all_item_embeddings())
+            embeddings = self.all_item_embeddings()
+            return embeddings, self._key(embeddings)
         tensors = (self.item_features, *self.item_tower.parameters(), *self.item_tower.buffers())
         version = tuple((id(t), t._version, t.device) for t in tensors)
         if self._catalog_cache is None or self._catalog_cache[0] != version:
-            self._catalog_cache = (version, self._key(self.all_item_embeddings()))
+            embeddings = self.all_item_embeddings()
+            self._catalog_cache = (version, (embeddings, self._key(embeddings)))
         return self._catalog_cache[1]
 
     def num_params(self) -> ParamCounts:
@@ -300,10 +302,15 @@ class SRT(SequentialRecommender):
         blocks = sum(p.numel() for p in self.blocks.parameters())
         return ParamCounts(trainable, non_embedding=blocks, catalog=catalog_params(self, self.n_items))
 
-    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` item ids (right-padded with 0) -> ``[B, L, d]`` hidden state at every position."""
+    def forward(self, item_seq: torch.Tensor, catalog: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L]`` item ids (right-padded with 0) -> ``[B, L, d]`` hidden state at every position.
+
+        ``catalog``: the ``[N, d]`` catalog embeddings when the caller has them already (full
+        cross-entropy, full ranking): the inputs are then looked up instead of projected again.
+        """
         positions = torch.arange(item_seq.shape[1], device=item_seq.device)
-        x = self.item_embedding(item_seq) + self.position_embedding(positions)
+        items = catalog[item_seq] if catalog is not None else self.item_embedding(item_seq)
+        x = items + self.position_embedding(positions)
         x = self.input_dropout(self.input_norm(x))
         for block in self.blocks:
             x = block(x)
@@ -319,11 +326,11 @@ class SRT(SequentialRecommender):
         """Item vectors ``[*, d]`` as they are scored: unit length for cosine similarity."""
         return F.normalize(items, dim=-1) if self.similarity == "cosine" else items
 
-    def _targets(self, interaction) -> tuple[torch.Tensor, torch.Tensor]:
+    def _targets(self, interaction, catalog: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states ``[M, d]`` and their next-item targets ``[M]`` for the training loss."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         pos_items = interaction[self.POS_ITEM_ID]
-        hidden = self.forward(item_seq)
+        hidden = self.forward(item_seq, catalog)
         if not self.train_all_positions:
             return self.gather_indexes(hidden, item_seq_len - 1), pos_items
         # Position t predicts item t+1; the last real position predicts the interaction's target.
@@ -333,12 +340,15 @@ class SRT(SequentialRecommender):
         return hidden[real], targets[real]
 
     def calculate_loss(self, interaction) -> torch.Tensor:
-        hidden, targets = self._targets(interaction)  # [M, d], [M]
-        query = self._query(hidden)
-        if self.loss_type == "CE":
-            logits = query @ self._key(self.all_item_embeddings()).T  # [M, N]
+        if self.loss_type == "CE":  # the whole catalog is projected anyway: the inputs reuse it
+            catalog, keys = self._catalog()
+            hidden, targets = self._targets(interaction, catalog)  # [M, d], [M]
+            logits = self._query(hidden) @ keys.T  # [M, N]
             logits[:, 0] = float("-inf")
             return F.cross_entropy(logits.float(), targets)
+
+        hidden, targets = self._targets(interaction)  # [M, d], [M]
+        query = self._query(hidden)
 
         pos_logits = (query * self._key(self.item_embedding(targets))).sum(-1, keepdim=True)  # [M, 1]
         neg_logits, neg_log_q, is_positive = self._negative_logits(query, targets)  # [M, K] each
@@ -369,9 +379,9 @@ class SRT(SequentialRecommender):
         logits = (query.unsqueeze(1) * self._key(self.item_embedding(negatives))).sum(-1)
         return logits, self.log_q[negatives], negatives == targets.unsqueeze(1)
 
-    def _last_query(self, interaction) -> torch.Tensor:
+    def _last_query(self, interaction, catalog: torch.Tensor | None = None) -> torch.Tensor:
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        return self._query(self.gather_indexes(self.forward(item_seq), item_seq_len - 1))  # [B, d]
+        return self._query(self.gather_indexes(self.forward(item_seq, catalog), item_seq_len - 1))  # [B, d]
 
     def predict(self, interaction) -> torch.Tensor:
         """Score of each row's candidate ``interaction[ITEM_ID]`` -> ``[B]``."""
@@ -380,6 +390,7 @@ class SRT(SequentialRecommender):
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         """Scores over the whole catalog -> ``[B, N]``; padding id 0 scores ``-inf``."""
-        scores = self._last_query(interaction) @ self._catalog_keys().T
+        catalog, keys = self._catalog()
+        scores = self._last_query(interaction, catalog) @ keys.T
         scores[:, 0] = float("-inf")
         return scores
