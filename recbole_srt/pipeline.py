@@ -109,6 +109,9 @@ class RunRecord:
             "epochs_run": len(self.epochs),
             "best_epoch": self.best_epoch,
             "valid_curve": [round(v, 5) for v in self.valid_curve],
+            "epoch_seconds": [
+                round(e.train_seconds + np.nan_to_num(e.valid_seconds), 3) for e in self.epochs
+            ],
             "s_per_epoch": self.s_per_epoch,
             "train_targets_per_s": self.targets_per_s,
             "flops_per_epoch": self.flops_per_epoch,

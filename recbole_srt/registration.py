@@ -5,6 +5,8 @@
   ``objective_function``, ``load_data_and_model`` and ``Config`` all go through it).
 * Trainer: ``recbole.utils.get_trainer(model_type, name)`` takes ``recbole.trainer.<Name>Trainer``
   when it exists; ``SRTTrainer`` is set there.
+* Dataset: ``recbole.data.create_dataset`` takes ``recbole.data.dataset.<Name>Dataset`` when it
+  exists; ``SRTDataset`` is set there.
 * YAML defaults: ``properties/model/<Name>.yaml`` (installed as ``recbole_srt.properties``) and the
   named recipes of ``properties/recipes/``, loaded in RecBole's order by
   :func:`recbole_srt.compat.plugin_model_yamls`.
@@ -21,8 +23,10 @@ from pathlib import Path
 
 from recbole_srt import compat
 
-# model name -> (module that defines the model, module that defines its trainer)
-PLUGIN_MODELS: dict[str, tuple[str, str]] = {"SRT": ("recbole_srt.model.srt", "recbole_srt.trainer")}
+# model name -> modules that define the model, its trainer and its dataset
+PLUGIN_MODELS: dict[str, tuple[str, str, str]] = {
+    "SRT": ("recbole_srt.model.srt", "recbole_srt.trainer", "recbole_srt.data")
+}
 _RECBOLE_SEQUENTIAL = "recbole.model.sequential_recommender"
 
 
@@ -34,9 +38,11 @@ def plugin_yaml(model: str) -> Path:
 def register() -> None:
     """Register every plugin model, its trainer and its YAML with RecBole (idempotent)."""
     recbole_trainers = importlib.import_module("recbole.trainer")
-    for name, (model_module, trainer_module) in PLUGIN_MODELS.items():
+    recbole_datasets = importlib.import_module("recbole.data.dataset")
+    for name, (model_module, trainer_module, dataset_module) in PLUGIN_MODELS.items():
         sys.modules[f"{_RECBOLE_SEQUENTIAL}.{name.lower()}"] = importlib.import_module(model_module)
-        trainer = f"{name}Trainer"
+        trainer, dataset = f"{name}Trainer", f"{name}Dataset"
         setattr(recbole_trainers, trainer, getattr(importlib.import_module(trainer_module), trainer))
+        setattr(recbole_datasets, dataset, getattr(importlib.import_module(dataset_module), dataset))
         compat.PLUGIN_YAMLS[name] = plugin_yaml(name)
         compat.PLUGIN_RECIPES[name] = Path(str(files("recbole_srt.properties") / "recipes"))

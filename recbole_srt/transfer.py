@@ -55,6 +55,7 @@ ARCHITECTURE_KEYS = (
     "norm_first",
     "projection",
     "projection_inner_size",
+    "similarity",
     "text_encoder",
     "MAX_ITEM_LIST_LENGTH",
 )
@@ -62,7 +63,10 @@ ARCHITECTURE_KEYS = (
 INHERITED_KEYS = (
     "loss_type",
     "neg_sample_num",
+    "negatives",
+    "temperature",
     "train_all_positions",
+    "train_rows",
     "hidden_dropout_prob",
     "attn_dropout_prob",
     "projection_dropout",

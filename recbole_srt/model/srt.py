@@ -204,7 +204,8 @@ class SRT(SequentialRecommender):
         super().__init__(config, dataset)
         self.loss_type, self.negatives = config["loss_type"], config["negatives"]
         self.hidden_size = config["hidden_size"]
-        self.train_all_positions = config["train_all_positions"]
+        # whole-sequence rows (SRTDataset) are trained at every position
+        self.train_all_positions = config["train_all_positions"] or config["train_rows"] == "sequences"
         self.neg_sample_num = config["neg_sample_num"]
         self.similarity, self.temperature = config["similarity"], config["temperature"]
 

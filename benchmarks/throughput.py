@@ -1,0 +1,179 @@
+"""Training throughput of SRT's options, measured side by side in one run (a table, not a test).
+
+    python benchmarks/throughput.py                     # CPU: recipes' options on ml-100k
+    python benchmarks/throughput.py --gpu-check         # GPU: 3 sizes x fp32/bf16 x eager/compiled, then
+                                                        # a small Ray Tune sweep of the srt-paper recipe
+
+Each cell trains ``--steps`` optimiser steps (after ``--warmup`` steps) through :class:`SRTTrainer`'s
+own loop on real batches and reports seconds per step and per epoch (steps x batches per epoch),
+sequences/s, target tokens/s and, on a GPU, model FLOPs utilisation (measured training FLOPs of a
+step / time / the device's peak). Cells differ from the first (the baseline) by one setting, so the
+``vs baseline`` column is the cost of that setting. ``--gpu-check`` without a GPU runs a tiny CPU
+version (what CI runs). Writes ``OUT/throughput.json`` and ``OUT/throughput.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from recbole_srt.analysis.flops import training_step_flops
+from recbole_srt.pipeline import make_config
+from recbole_srt.trainer import training_targets
+
+# Dense peak FLOP/s of one H200 (the NVIDIA H100/H200 SXM datasheet): bf16 tensor cores, tf32 for fp32.
+PEAK_FLOPS = {"bf16": 989e12, "fp32": 495e12}
+CPU_CELLS = {
+    "baseline (constant lr, CE, fp32, eager)": {},
+    "warmup_cosine schedule": {"lr_scheduler": "warmup_cosine", "warmup_fraction": 0.1},
+    "onecycle schedule": {"lr_scheduler": "onecycle", "warmup_fraction": 0.3},
+    "SSM, batch-shared negatives": {"loss_type": "SSM", "negatives": "batch"},
+    "SSM, per-example negatives": {"loss_type": "SSM", "negatives": "example"},
+    "bf16 autocast": {"precision": "bf16"},
+    "torch.compile": {"compile": True},
+}
+GPU_SIZES = {"small": (2, 64), "medium": (4, 256), "large": (8, 512)}  # (n_layers, hidden_size)
+
+
+def gpu_cells(tiny: bool) -> dict[str, dict]:
+    sizes = {"tiny": (1, 16)} if tiny else GPU_SIZES
+    cells = {}
+    for (size, (layers, hidden)), precision, compiled in itertools.product(
+        sizes.items(), ("fp32", "bf16"), (False, True)
+    ):
+        name = f"{size} (L{layers} H{hidden}), {precision}, {'compiled' if compiled else 'eager'}"
+        shape = {
+            "n_layers": layers,
+            "hidden_size": hidden,
+            "inner_size": 4 * hidden,
+            "n_heads": max(1, hidden // 64),
+        }
+        cells[name] = {**shape, "precision": precision, "compile": compiled}
+    return cells
+
+
+def measure(model_name: str, dataset: str, settings: dict, steps: int, warmup: int) -> dict:
+    """Train ``warmup + steps`` steps through SRTTrainer's own epoch loop; time the last ``steps``."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    config = make_config(
+        model_name, dataset, config_dict={"show_progress": False, "state": "ERROR", **settings}
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = get_model(model_name)(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+    trainer.optimizer.total_steps = config["epochs"] * len(train_data)
+    batches = [b.to(config["device"]) for _, b in zip(range(warmup + steps), itertools.cycle(train_data))]
+    flops = training_step_flops(model, batches[0])
+
+    def step(batch) -> None:
+        trainer.optimizer.zero_grad()
+        trainer._precise_loss(batch).backward()
+        trainer.optimizer.step()
+
+    for batch in batches[:warmup]:
+        step(batch)
+    if config["device"].type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for batch in batches[warmup:]:
+        step(batch)
+    if config["device"].type == "cuda":
+        torch.cuda.synchronize()
+    per_step = (time.perf_counter() - start) / steps
+    sequences = sum(len(b) for b in batches[warmup:]) / steps
+    targets = sum(int(training_targets(model, b)) for b in batches[warmup:]) / steps
+    row = {
+        "s_per_step": per_step,
+        "s_per_epoch": per_step * len(train_data),
+        "sequences_per_s": sequences / per_step,
+        "tokens_per_s": targets / per_step,
+        "train_flops_per_step": flops,
+        "params_non_embedding": model.num_params().non_embedding,
+        "device": str(config["device"]),
+    }
+    if config["device"].type == "cuda":
+        row["mfu"] = flops / per_step / PEAK_FLOPS["bf16" if settings.get("precision") == "bf16" else "fp32"]
+    return row
+
+
+def sweep(out: Path, tiny: bool, dataset: str) -> dict:
+    """The srt-paper recipe swept over two widths with fractional GPUs (benchmarks/sweep.py)."""
+    widths = "[16]" if tiny else "[64, 128, 256, 512]"
+    command = [sys.executable, str(Path(__file__).with_name("sweep.py")), "--config=gpu-check"]
+    command += [f"--storage={out}", "--overwrite", f"--hidden_size={widths}", f"--dataset={dataset}"]
+    if tiny:
+        command += ["--gpu=0", "--recbole.train_batch_size=512", "--recbole.MAX_ITEM_LIST_LENGTH=10"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    summary = out / "gpu-check" / "results.json"
+    return {
+        "returncode": done.returncode,
+        "seconds": time.perf_counter() - start,
+        "results": json.loads(summary.read_text()) if summary.is_file() else None,
+        "log_tail": (done.stdout + done.stderr)[-2000:],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--gpu-check", action="store_true", help="sizes x precision x compile, then a GPU sweep")
+    p.add_argument("--steps", type=int, default=20, help="timed optimiser steps per cell")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--out", type=Path, default=Path("results/throughput"))
+    p.add_argument("--config-dict", default="{}", help="YAML mapping of settings for every cell")
+    args = p.parse_args(argv)
+    import yaml
+
+    base = {
+        "epochs": 1,
+        "train_batch_size": 512,
+        "MAX_ITEM_LIST_LENGTH": 50,
+        **yaml.safe_load(args.config_dict),
+    }
+    tiny = args.gpu_check and not torch.cuda.is_available()
+    if args.gpu_check:
+        base |= {"gpu_id": "0"} if not tiny else {}
+        cells = gpu_cells(tiny)
+    else:
+        cells = CPU_CELLS
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, settings in cells.items():
+        row = {"cell": name, **measure("SRT", args.dataset, {**base, **settings}, args.steps, args.warmup)}
+        rows.append(row)
+        print(
+            f"{name}: {row['s_per_step'] * 1000:.1f} ms/step, {row['sequences_per_s']:,.0f} sequences/s",
+            flush=True,
+        )
+    table = pd.DataFrame(rows)
+    table["vs baseline"] = table["s_per_step"] / table["s_per_step"].iloc[0]
+    machine = {"device": rows[0]["device"], "torch": torch.__version__, "threads": torch.get_num_threads()}
+    report = {"machine": machine, "settings": base, "cells": rows}
+    if args.gpu_check:
+        report["sweep"] = sweep(args.out, tiny, args.dataset)
+    (args.out / "throughput.json").write_text(json.dumps(report, indent=2, default=str))
+    columns = ["cell", "s_per_step", "s_per_epoch", "sequences_per_s", "tokens_per_s", "vs baseline"]
+    columns += ["mfu"] if "mfu" in table else []
+    text = table[columns].to_markdown(index=False, floatfmt=".4g") + "\n"
+    if "sweep" in report:
+        text += f"\nRay Tune sweep of the srt-paper recipe: exit {report['sweep']['returncode']}, "
+        text += f"{report['sweep']['seconds']:.0f} s\n"
+    (args.out / "throughput.md").write_text(text)
+    print(text)
+    return 0 if report.get("sweep", {}).get("returncode", 0) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The small benchmark scripts on made-up inputs: what they compute, by hand."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from benchmarks import time_to_quality
+
+
+def test_time_to_quality_by_hand(tmp_path):
+    rows = pd.DataFrame(
+        {
+            "label": ["SASRec", "SRT", "slow"],
+            "seed": [0, 0, 0],
+            "valid_curve": ["[0.1, 0.3, 0.2]", "[0.25, 0.35]", "[0.05, 0.1, 0.2, 0.29]"],
+            "epoch_seconds": ["[10, 10, 10]", "[8, 8]", "[10, 10, 10, 10]"],
+        }
+    )
+    rows.to_csv(tmp_path / "results.csv", index=False)
+    assert time_to_quality.main(["--results", str(tmp_path / "results.csv")]) == 0
+    table = time_to_quality.table(time_to_quality.curves(rows.astype(str)), "SASRec").set_index("label")
+    reach, within = table.columns[1], table.columns[2]
+    assert reach == "s to SASRec's best (0.3000)" and within == "best valid NDCG@10 within 30 s"
+    assert table.loc["SASRec", reach] == 20 and table.loc["SRT", reach] == 16
+    assert pd.isna(table.loc["slow", reach]) and table.loc["slow", within] == pytest.approx(0.2)
+    assert "never" in (tmp_path / "time_to_quality.md").read_text()
+    assert (tmp_path / "time_to_quality.png").stat().st_size > 0
