@@ -14,8 +14,9 @@ candidate, seed) runs in a fresh process (for an honest peak RSS) and is saved a
 ``--split test`` (default) reports test metrics of the best-on-valid epoch, the natural unseen slice
 (test targets absent from training) and, with ``--cold-start``, a held-out-items slice
 (:func:`hold_out_items`). ``--split valid`` is for choosing settings: the test split is never
-scored. ``--grid FILE`` runs named candidates (config overrides) of one model instead of
-``--models``; the winner of a valid-split grid is what a model's defaults should be.
+scored. ``--grid FILE`` runs named candidates (config overrides; ``model:`` in a candidate picks
+another model than the grid's) instead of ``--models``; the winner of a valid-split grid is what a
+model's defaults should be.
 
 Outputs in ``OUT``: ``results.csv`` (a row per run), ``summary.csv`` and ``results.md`` (mean ± std
 over seeds, the settings used), ``results.png``.
@@ -202,8 +203,10 @@ def run_one(job: dict, threads: int | None) -> dict:
     """Train and evaluate one job of :func:`planned_runs`; one result row. Prints a line per epoch."""
     if threads:
         torch.set_num_threads(threads)
+    from recbole_srt.cli import quiet_library_warnings
     from recbole_srt.pipeline import make_config, run
 
+    quiet_library_warnings()
     spec: DatasetSpec = job["dataset"]
     settings = {**job["settings"], "seed": job["seed"], "data_path": str(spec.data_path)}
     config = make_config(job["model"], spec.name, spec.config_files, settings)
@@ -231,7 +234,10 @@ def candidates(args: argparse.Namespace) -> tuple[dict[str, tuple[str, dict]], d
     missing = {"model", "candidates"} - set(grid)
     if missing:
         raise SystemExit(f"{args.grid}: missing {sorted(missing)}")
-    labels = {name: (grid["model"], overrides or {}) for name, overrides in grid["candidates"].items()}
+    labels = {}
+    for name, overrides in grid["candidates"].items():
+        overrides = dict(overrides or {})
+        labels[name] = (overrides.pop("model", grid["model"]), overrides)
     return labels, grid.get("settings") or {}
 
 

@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import yaml
 
+    from recbole_srt.cli import quiet_library_warnings
+
+    quiet_library_warnings()
     base = {
         "epochs": 1,
         "train_batch_size": 512,

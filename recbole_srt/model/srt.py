@@ -341,10 +341,11 @@ class SRT(SequentialRecommender):
         return hidden[real], targets[real]
 
     def calculate_loss(self, interaction) -> torch.Tensor:
-        if self.loss_type == "CE":  # the whole catalog is projected anyway: the inputs reuse it
-            catalog, keys = self._catalog()
-            hidden, targets = self._targets(interaction, catalog)  # [M, d], [M]
-            logits = self._query(hidden) @ keys.T  # [M, N]
+        if self.loss_type == "CE":
+            # Inputs and candidates each project the whole catalog (fixed shapes; in training each
+            # pass draws its own tower dropout, as separate lookups would).
+            hidden, targets = self._targets(interaction, self.all_item_embeddings())  # [M, d], [M]
+            logits = self._query(hidden) @ self._key(self.all_item_embeddings()).T  # [M, N]
             logits[:, 0] = float("-inf")
             return F.cross_entropy(logits.float(), targets)
 
