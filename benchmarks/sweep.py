@@ -35,7 +35,10 @@ from pathlib import Path
 
 import matplotlib
 
+from recbole_srt.cli import quiet_library_warnings
+
 matplotlib.use("Agg")
+quiet_library_warnings()  # before ray is imported: its pkg_resources warning comes at import
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402

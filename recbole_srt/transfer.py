@@ -64,6 +64,7 @@ INHERITED_KEYS = (
     "loss_type",
     "neg_sample_num",
     "negatives",
+    "negatives_from_training_items",
     "temperature",
     "train_all_positions",
     "train_rows",

@@ -26,3 +26,25 @@ def test_time_to_quality_by_hand(tmp_path):
     assert pd.isna(table.loc["slow", reach]) and table.loc["slow", within] == pytest.approx(0.2)
     assert "never" in (tmp_path / "time_to_quality.md").read_text()
     assert (tmp_path / "time_to_quality.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_tiny_cpu_version(tmp_path):
+    """What CI runs of the GPU check: one tiny size x fp32/bf16 x eager/compiled, then a one-trial sweep."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    settings = "{MAX_ITEM_LIST_LENGTH: 10, train_batch_size: 256}"
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--gpu-check", "--steps=2", "--warmup=1",
+         f"--config-dict={settings}", f"--out={tmp_path}"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "throughput.json").read_text())
+    assert len(report["cells"]) == 4 and all(c["sequences_per_s"] > 0 for c in report["cells"])
+    assert report["sweep"]["returncode"] == 0 and report["sweep"]["results"]["status"] == {"TERMINATED": 1}
+    assert "compiled" in (tmp_path / "throughput.md").read_text()

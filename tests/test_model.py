@@ -321,3 +321,23 @@ def test_layer_wise_dropout_from_a_list_or_a_linear_rule():
     assert [b.attn.attn_dropout for b in listed.blocks] == [0.1, 0.0]
     with pytest.raises(ValueError, match="need 3 values"):
         make_srt(N_ITEMS, n_layers=3, hidden_dropout_prob=[0.1, 0.2])
+
+
+def test_items_never_seen_in_training_are_no_training_candidates_when_asked():
+    counts = torch.tensor([0, 3, 0, 2, 1, 0])  # items 2 and 5 never occur in training
+    features = torch.randn(6, 8)
+    config = srt_test_config(negatives_from_training_items=True, loss_type="SSM", neg_sample_num=50)
+    model = type(make_srt(6))(config, item_features=features, item_counts=counts)
+    assert model.seen.tolist() == [False, True, False, True, True, False]
+    drawn = torch.multinomial(model.sampling_weight, 1000, replacement=True)
+    assert set(drawn.tolist()) <= {1, 3, 4}
+    ce = type(make_srt(6))({**config, "loss_type": "CE"}, item_features=features, item_counts=counts)
+    batch = {"item_id_list": torch.tensor([[1, 3, 0, 0, 0, 0]]), "item_length": torch.tensor([2]),
+             "item_id": torch.tensor([4])}  # fmt: skip
+    ce.eval()  # no dropout: the hand computation sees the same vectors
+    hidden, targets = ce._targets(batch, ce.all_item_embeddings())
+    logits = ce._query(hidden) @ ce._key(ce.all_item_embeddings()).T
+    expected = F.cross_entropy(logits[:, [1, 3, 4]], torch.tensor([2]))  # only seen items compete
+    torch.testing.assert_close(ce.calculate_loss(batch), expected)
+    with torch.no_grad():  # ranking still scores every item: unseen ones are recommendable
+        assert torch.isfinite(ce.full_sort_predict(batch)[0, 1:]).all()

@@ -212,20 +212,30 @@ class SRT(SequentialRecommender):
         if item_features.shape[0] != self.n_items:
             raise ValueError(f"item_features has {item_features.shape[0]} rows for {self.n_items} item ids")
         self.register_buffer("item_features", item_features.float(), persistent=False)
+        inter = getattr(dataset, "inter_feat", None)
         if item_counts is None:
-            item_counts = (
-                torch.bincount(torch.as_tensor(dataset.inter_feat[self.ITEM_ID]), minlength=self.n_items)
-                if hasattr(dataset, "inter_feat")
-                else torch.zeros(self.n_items)
-            )
+            item_counts = torch.zeros(self.n_items, dtype=torch.long)
+            if inter is not None:
+                item_counts = torch.bincount(torch.as_tensor(inter[self.ITEM_ID]), minlength=self.n_items)
+        # Items of the training split (targets or inputs). With negatives_from_training_items, the others
+        # are never a training candidate (CE logit -inf, never sampled), so the text region of items the
+        # model has never seen is not pushed down as "never recommend" at every step.
+        seen = item_counts > 0
+        if inter is not None and self.ITEM_SEQ in inter:
+            seen[torch.as_tensor(inter[self.ITEM_SEQ]).flatten()] = True
+        seen[0] = False
+        self.seen_only = bool(config["negatives_from_training_items"]) and bool(seen.any())
         sampling_weight = (item_counts + 1).float()
+        if self.seen_only:
+            sampling_weight[~seen] = 0.0
         sampling_weight[0] = 0.0  # never sample padding
+        self.register_buffer("seen", seen, persistent=False)
         self.register_buffer("sampling_weight", sampling_weight, persistent=False)
         self.register_buffer("log_q", torch.log(sampling_weight / sampling_weight.sum()), persistent=False)
         # These buffers are identical on every rank. RecBole's DDP trainer runs DDP's forward every
         # step, which would otherwise broadcast the whole [N, F] feature matrix from rank 0 each time.
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self, ["item_features", "sampling_weight", "log_q"]
+            self, ["item_features", "seen", "sampling_weight", "log_q"]
         )
         self._catalog_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -346,6 +356,8 @@ class SRT(SequentialRecommender):
             # pass draws its own tower dropout, as separate lookups would).
             hidden, targets = self._targets(interaction, self.all_item_embeddings())  # [M, d], [M]
             logits = self._query(hidden) @ self._key(self.all_item_embeddings()).T  # [M, N]
+            if self.seen_only:
+                logits = logits.masked_fill(~self.seen, float("-inf"))
             logits[:, 0] = float("-inf")
             return F.cross_entropy(logits.float(), targets)
 
