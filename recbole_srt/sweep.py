@@ -109,8 +109,14 @@ def run_trial(config: dict) -> None:
 
 
 def _train(
-    recbole_config, spec: dict, progress: Progress, resume, setup_start: float, fail_after_report: bool
-):
+    recbole_config,
+    spec: dict,
+    progress: Progress,
+    resume: str | None,
+    setup_start: float,
+    fail_after_report: bool,
+) -> None:
+    """Run the trial from ``progress`` (and the ``resume`` checkpoint), reporting every epoch to Ray."""
     wall_offset, fit_start = progress.wall_time_s, None
 
     def on_epoch(result: Run, stats: EpochStats) -> None:
