@@ -105,7 +105,7 @@ def test_items_without_text_are_counted_and_get_the_empty_text(tmp_path, countin
     config, dataset = recbole_dataset(tmp_path)
     with caplog.at_level(logging.WARNING):
         matrix = load_item_features(config, dataset).numpy()
-    assert "3 of 30 items have no text row" in caplog.text
+    assert "3 of 30 items (10.0 %) have no text in fields ['title', 'brand']" in caplog.text
     id2token = list(dataset.field2id_token["item_id"])
     for token in ("i27", "i28", "i29"):
         np.testing.assert_array_equal(matrix[id2token.index(token)], fake_encoding([""])[0])

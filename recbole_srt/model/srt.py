@@ -37,6 +37,8 @@ SIMILARITIES = ("dot", "cosine")
 PROJECTIONS = ("linear", "mlp")
 NEGATIVES = ("batch", "example")
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "swish": nn.SiLU}
+# Dropouts given per block (a number, a list or {first, last}): see per_block.
+PER_BLOCK_KEYS = ("hidden_dropout_prob", "attn_dropout_prob")
 
 
 def per_block(value, n_layers: int) -> list[float]:
@@ -69,6 +71,9 @@ def check_config(config) -> None:
     for key, allowed in choices.items():
         if config[key] not in allowed:
             raise ValueError(f"SRT {key} must be one of {allowed}, got {config[key]!r}")
+    for key in ("n_layers", "n_heads", "hidden_size", "inner_size", "MAX_ITEM_LIST_LENGTH"):
+        if config[key] < 1:
+            raise ValueError(f"SRT {key} must be at least 1, got {config[key]}")
     if config["hidden_size"] % config["n_heads"]:
         raise ValueError(
             f"hidden_size {config['hidden_size']} is not a multiple of n_heads {config['n_heads']}"
@@ -78,7 +83,7 @@ def check_config(config) -> None:
             "SRT samples its own negatives (neg_sample_num); set train_neg_sample_args: ~ "
             f"(got {config['train_neg_sample_args']})"
         )
-    for key in ("hidden_dropout_prob", "attn_dropout_prob"):
+    for key in PER_BLOCK_KEYS:
         per_block(config[key], config["n_layers"])
 
 
