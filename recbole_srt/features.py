@@ -102,12 +102,14 @@ def _data_lines(path: Path, separator: str, encoding: str = "utf-8") -> int:
     return count
 
 
-def _first_quoted_line(path: Path, separator: str, encoding: str) -> int | None:
-    """The first line with a field starting with a double quote (quoting, to RecBole's CSV reader)."""
+def _open_quote_line(path: Path, separator: str, encoding: str) -> int | None:
+    """The first line with a field that starts with a double quote and does not end with one: to
+    RecBole's CSV reader, a quoted field that goes on past the end of the line."""
     with open(path, encoding=encoding) as f:
         for number, line in enumerate(f, 1):
-            if any(field.startswith('"') for field in line.rstrip("\r\n").split(separator)):
-                return number
+            for field in line.rstrip("\r\n").split(separator):
+                if field.startswith('"') and not (len(field) > 1 and field.endswith('"')):
+                    return number
     return None
 
 
@@ -131,20 +133,26 @@ def read_item_texts(
     if text_fields is None:
         text_fields = [f for f, t in field_types.items() if t in _TEXT_TYPES and f != item_id_field]
     columns = [f"{f}:{field_types[f]}" for f in (item_id_field, *text_fields) if f in field_types]
-    frame = pd.read_csv(
-        item_file,
-        delimiter=field_separator,
-        usecols=columns,
-        dtype=str,
-        encoding=encoding,
-        engine="python",
-        keep_default_na=False,
-    )[columns]
-    if len(frame) != lines:
+    try:
+        frame = pd.read_csv(
+            item_file,
+            delimiter=field_separator,
+            usecols=columns,
+            dtype=str,
+            encoding=encoding,
+            engine="python",
+            keep_default_na=False,
+        )[columns]
+        if len(frame) != lines:
+            raise pd.errors.ParserError(f"{lines} lines but {len(frame)} rows")
+    except pd.errors.ParserError as error:  # e.g. a quote that RecBole's reader takes as opening a field
+        line = _open_quote_line(item_file, field_separator, encoding)
+        if line is None:
+            raise ItemFeatureError(f"{item_file}: {error}") from None
         raise ItemFeatureError(
-            f"{item_file}: {lines} lines but {len(frame)} rows: a field starting with a double quote "
-            f"(line {_first_quoted_line(item_file, field_separator, encoding)}) joins lines for RecBole"
-        )
+            f"{item_file}, line {line}: a field opens a double quote that it does not close; RecBole's "
+            f"reader would read on into the next lines ({error})"
+        ) from None
     frame.columns = [column.split(":", 1)[0] for column in columns]
     return _item_texts(frame, item_id_field, text_fields, item_file)
 
@@ -378,7 +386,8 @@ def _supplied_features(npy: Path, item_tokens) -> tuple[list[str], np.ndarray]:
     if not isinstance(matrix, np.ndarray) or matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
         kind = f"a {matrix.ndim}-D {matrix.dtype} array" if isinstance(matrix, np.ndarray) else "an .npz file"
         raise ItemFeatureError(f"{npy}: {kind}; item_feature_file must be a 2-D float array [items, F]")
-    matrix = matrix.astype(np.float32)
+    with np.errstate(over="ignore"):  # a finite float64 too large for float32 becomes Inf: refused below
+        matrix = matrix.astype(np.float32)
     ids_file = npy.with_suffix(".ids")
     if ids_file.is_file():
         with open(ids_file, encoding="utf-8") as f:
