@@ -39,7 +39,7 @@ from recbole.utils import enum_type
 
 from recbole_srt.checks import check_setting_types
 from recbole_srt.files import replacing
-from recbole_srt.model.srt import check_config
+from recbole_srt.model.srt import SRT, check_config
 from recbole_srt.registration import plugin_yaml
 
 FORMAT = "recbole-srt/1"
@@ -168,7 +168,10 @@ def read_checkpoint(path: str | Path, map_location=None, trust: bool = False, hi
         parts = [checkpoint.get(key) for key in ("config", "config_types", "config_parameters")]
         if not all(isinstance(part, dict) for part in parts):
             raise CheckpointError(f"{path}: a damaged {FORMAT} checkpoint (config, config_types, parameters)")
-        checkpoint["config"] = decode_config(*parts)
+        try:
+            checkpoint["config"] = decode_config(*parts)
+        except CheckpointError as error:
+            raise CheckpointError(f"{path}: {error}") from None
     elif not isinstance(checkpoint["config"], Config):
         kind = type(checkpoint["config"]).__name__
         raise CheckpointError(f"{path}: not a RecBole checkpoint (its 'config' is a {kind})")
@@ -194,25 +197,25 @@ def load_srt_checkpoint(path: str | Path, device: str | torch.device = "cpu", tr
     for key, value in defaults.items():
         if key not in config:
             config[key] = value
-    if not isinstance(state, dict) or not torch.is_tensor(state.get(FEATURE_MEAN)):
+    if (
+        not isinstance(state, dict)
+        or not torch.is_tensor(state.get(FEATURE_MEAN))
+        or state[FEATURE_MEAN].ndim != 1
+    ):
         raise CheckpointError(f"{path}: its state_dict has no SRT item tower ({FEATURE_MEAN})")
     try:
         check_setting_types(config, defaults)
         check_config(config)
     except ValueError as error:
         raise CheckpointError(f"{path}: {error}") from None
-    return checkpoint
-
-
-def load_weights(model: torch.nn.Module, state_dict: dict, source: str | Path) -> None:
-    """``model.load_state_dict(state_dict)``; a mismatch is a :class:`CheckpointError` naming ``source``."""
+    with torch.device("meta"):  # the model its config describes, without memory or data
+        model = SRT(config, item_features=torch.zeros(2, feature_size(state)))
     try:
-        model.load_state_dict(state_dict)
-    except (RuntimeError, TypeError) as error:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as error:
         reason = " ".join(str(error).split())[:300]
-        raise CheckpointError(
-            f"{source}: its weights do not fit the model of its config ({reason})"
-        ) from None
+        raise CheckpointError(f"{path}: its weights do not fit the model of its config ({reason})") from None
+    return checkpoint
 
 
 def feature_size(state_dict: dict) -> int:

@@ -71,8 +71,9 @@ def check_model_name(model: str) -> None:
             if hasattr(module, model):
                 return
             break
-    close = difflib.get_close_matches(model, _recbole_model_names(), n=3, cutoff=0.5)
-    close += [name for name in _recbole_model_names() if name.lower() == model.lower() and name not in close]
+    names = _recbole_model_names()
+    close = [name for name in names if name.lower() == model.lower()]
+    close = close or difflib.get_close_matches(model, names, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise SettingError(f"unknown model {model!r}{hint} (model names are case-sensitive)")
 
@@ -118,7 +119,7 @@ def _downloadable(dataset: str) -> bool:
 def _guard_split(config: Config, dataset) -> None:
     """Make RecBole's split (``dataset.build()``, run by ``data_preparation``) refuse an empty part
     that RecBole would train or evaluate on, before it builds samplers and loaders."""
-    build = dataset.build
+    build, size = dataset.build, f"{dataset.user_num - 1} users, {dataset.inter_num} interactions"
     ((mode, value),) = config["eval_args"]["split"].items()
     if mode == "LS":
         expected = (True, value != "test_only", value != "valid_only")
@@ -133,8 +134,8 @@ def _guard_split(config: Config, dataset) -> None:
             if needed and len(part) == 0:
                 raise DatasetError(
                     f"dataset {config['dataset']}: RecBole's split {config['eval_args']['split']} leaves the "
-                    f"{name} set empty ({dataset.user_num - 1} users, {dataset.inter_num} interactions): too "
-                    "few interactions per user; add data or keep longer histories (user_inter_num_interval)"
+                    f"{name} set empty ({size}): too few interactions per user; add data or keep longer "
+                    "histories (user_inter_num_interval)"
                 )
         return parts
 

@@ -23,11 +23,12 @@ One home for each step, used by training (:func:`load_item_features`), fine-tuni
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,37 +80,41 @@ def _item_texts(frame: pd.DataFrame, id_field: str, fields: Sequence[str], sourc
     return ItemTexts(frame[id_field].tolist(), texts, list(fields), duplicates)
 
 
+def _lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """``(number, line)`` of a text file, 1-based, without line ends; bytes that are not ``encoding``
+    are an :class:`ItemFeatureError` naming the line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ItemFeatureError(f"{path}, line {line}: not {encoding} ({error.reason})") from None
+    for number, line in enumerate(io.StringIO(text), 1):  # split as open() splits: \n, \r\n or \r
+        yield number, line.rstrip("\n")
+
+
 def _data_lines(path: Path, separator: str, encoding: str = "utf-8") -> int:
     """The number of non-blank lines after the header, each with the header's number of fields.
     Raises :class:`ItemFeatureError` naming the file and the first bad line."""
     count, expected = 0, None
-    with open(path, encoding=encoding) as f:
-        number = 0
-        try:
-            for number, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                fields = line.count(separator) + 1
-                if number == 1:
-                    expected = fields
-                elif line.strip():
-                    count += 1
-                    if fields != expected:
-                        raise ItemFeatureError(
-                            f"{path}, line {number}: {fields} fields, the header has {expected}"
-                        )
-        except UnicodeDecodeError as error:
-            raise ItemFeatureError(f"{path}, line {number + 1}: not {encoding} ({error.reason})") from None
+    for number, line in _lines(path, encoding):
+        fields = line.count(separator) + 1
+        if number == 1:
+            expected = fields
+        elif line.strip():
+            count += 1
+            if fields != expected:
+                raise ItemFeatureError(f"{path}, line {number}: {fields} fields, the header has {expected}")
     return count
 
 
 def _open_quote_line(path: Path, separator: str, encoding: str) -> int | None:
     """The first line with a field that starts with a double quote and does not end with one: to
     RecBole's CSV reader, a quoted field that goes on past the end of the line."""
-    with open(path, encoding=encoding) as f:
-        for number, line in enumerate(f, 1):
-            for field in line.rstrip("\r\n").split(separator):
-                if field.startswith('"') and not (len(field) > 1 and field.endswith('"')):
-                    return number
+    for number, line in _lines(path, encoding):
+        for field in line.split(separator):
+            if field.startswith('"') and not (len(field) > 1 and field.endswith('"')):
+                return number
     return None
 
 
@@ -118,7 +123,7 @@ def read_item_texts(
     item_id_field: str,
     text_fields: Sequence[str] | None = None,
     field_separator: str = "\t",
-    encoding: str = "utf-8",
+    encoding: str | None = "utf-8",
 ) -> ItemTexts:
     """The text of every item in a RecBole ``.item`` file (parsed with RecBole's separator and CSV engine)."""
     if not item_file.is_file():
@@ -126,6 +131,7 @@ def read_item_texts(
             f"SRT needs item text but {item_file} does not exist. Provide a .item atomic file with "
             "text fields (srt-prep writes one) or a precomputed matrix via item_feature_file."
         )
+    encoding = encoding or "utf-8"  # RecBole's default (None): pandas reads UTF-8
     lines = _data_lines(item_file, field_separator, encoding)
     with open(item_file, encoding=encoding) as f:
         header = f.readline().rstrip("\r\n").split(field_separator)
@@ -160,24 +166,18 @@ def read_item_texts(
 def _jsonl_records(path: Path, item_id_field: str) -> list[dict]:
     """The objects of a ``.jsonl`` catalog, each with a non-empty ``item_id_field``."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        number = 0
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
         try:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ItemFeatureError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-                if not isinstance(record, dict):
-                    kind = type(record).__name__
-                    raise ItemFeatureError(f"{path}, line {number}: a JSON {kind}, not an object")
-                if record.get(item_id_field) in (None, ""):
-                    raise ItemFeatureError(f"{path}, line {number}: no {item_id_field!r}")
-                records.append(record)
-        except UnicodeDecodeError as error:
-            raise ItemFeatureError(f"{path}, line {number + 1}: not UTF-8 text ({error.reason})") from None
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ItemFeatureError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise ItemFeatureError(f"{path}, line {number}: a JSON {type(record).__name__}, not an object")
+        if record.get(item_id_field) in (None, ""):
+            raise ItemFeatureError(f"{path}, line {number}: no {item_id_field!r}")
+        records.append(record)
     return records
 
 

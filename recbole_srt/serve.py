@@ -34,7 +34,6 @@ from recbole_srt.checkpoint import (
     CheckpointError,
     feature_size,
     load_srt_checkpoint,
-    load_weights,
 )
 from recbole_srt.cli import USER_ERRORS, quiet_library_warnings, user_errors
 from recbole_srt.features import (
@@ -105,7 +104,7 @@ class Recommender:
         features = torch.cat([torch.zeros(1, matrix.shape[1]), torch.from_numpy(matrix)])
         check_feature_size(feature_size(saved["state_dict"]), features, f"{encoder.name} on {catalog}")
         model = SRT(config, item_features=features)
-        load_weights(model, saved["state_dict"], checkpoint)
+        model.load_state_dict(saved["state_dict"])
         return cls(model.to(device), items.tokens, items.texts, encoder)
 
     def add_items(self, items: Mapping[str, str]) -> None:

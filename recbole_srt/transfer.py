@@ -33,7 +33,7 @@ from pathlib import Path
 
 from recbole.config import Config
 
-from recbole_srt.checkpoint import TRUST_HELP, feature_size, load_srt_checkpoint, load_weights
+from recbole_srt.checkpoint import TRUST_HELP, feature_size, load_srt_checkpoint
 from recbole_srt.cli import USER_ERRORS, quiet_library_warnings, user_errors
 from recbole_srt.features import check_feature_size
 from recbole_srt.model.srt import SRT
@@ -118,7 +118,7 @@ def load_pretrained(state_dict: dict, config: Config, dataset) -> SRT:
     """SRT over ``dataset``'s item features with the pre-trained ``state_dict`` (any catalog size)."""
     model = SRT(config, dataset)
     check_feature_size(feature_size(state_dict), model.item_features, f"{config['dataset']}'s item features")
-    load_weights(model, state_dict, "the pre-trained checkpoint")
+    model.load_state_dict(state_dict)
     return model
 
 
