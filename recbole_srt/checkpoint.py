@@ -37,9 +37,9 @@ import yaml
 from recbole.config import Config
 from recbole.utils import enum_type
 
-from recbole_srt.checks import check_setting_types
 from recbole_srt.files import replacing
 from recbole_srt.model.srt import SRT, check_config
+from recbole_srt.overrides import check_setting_types
 from recbole_srt.registration import plugin_yaml
 
 FORMAT = "recbole-srt/1"

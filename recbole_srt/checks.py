@@ -6,8 +6,10 @@ split in its sampler or, after training, in its evaluator. :func:`recbole_srt.pi
 and :func:`recbole_srt.pipeline.run` check first:
 
 * :func:`check_model_name`: a RecBole model or a plugin model (case-sensitive, as RecBole looks it up);
+* :func:`check_config_files`: each ``config_files`` entry is a readable YAML mapping;
+* :func:`config_errors`: what RecBole's ``Config()`` raises for bad settings is a :class:`SettingError`;
 * :func:`check_setting_types`: a setting whose default is a number or a boolean holds one
-  (an int is a number too);
+  (an int is a number too); ``valid_metric`` is one of the results RecBole computes;
 * :func:`check_model_settings`: the model's own check (SRT: :func:`recbole_srt.model.srt.check_config`);
 * :func:`load_dataset`: the dataset folder exists (or RecBole can download it), the catalog has at
   least ``max(topk)`` items, and RecBole's split leaves no evaluated part empty.
@@ -15,32 +17,30 @@ and :func:`recbole_srt.pipeline.run` check first:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import os
 import urllib.error
-from collections.abc import Mapping
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import recbole
+import torch
 import yaml
 from recbole.config import Config
 from recbole.data import create_dataset
 from recbole.utils import EvaluatorType
 
-from recbole_srt.model.srt import PER_BLOCK_KEYS, check_config
+from recbole_srt.model.srt import check_config
+from recbole_srt.optim import build_optimizer
+from recbole_srt.overrides import SettingError, check_setting_types, read_config_file
 from recbole_srt.registration import PLUGIN_MODELS, TRANSFER_YAML
+from recbole_srt.trainer import training_precision
 
 _RECBOLE = Path(recbole.__file__).parent
 _MODEL_PACKAGES = ("general_recommender", "context_aware_recommender", "sequential_recommender",
                    "knowledge_aware_recommender", "exlib_recommender")  # fmt: skip
-# Settings a model validates itself, in more forms than their default's type (SRT: a number, a list, a dict).
-_MODEL_VALIDATED = {"SRT": PER_BLOCK_KEYS}
-_KIND_NAMES = {bool: "a boolean (True or False)", int: "an integer", float: "a number"}
-
-
-class SettingError(ValueError):
-    """An unknown model or a setting of the wrong type."""
 
 
 class DatasetError(ValueError):
@@ -78,36 +78,51 @@ def check_model_name(model: str) -> None:
     raise SettingError(f"unknown model {model!r}{hint} (model names are case-sensitive)")
 
 
-def _kind(value) -> type | None:
-    return type(value) if type(value) in _KIND_NAMES else None
-
-
-def check_setting_types(config: Config, defaults: Mapping) -> None:
-    """Every setting of ``config`` whose default in ``defaults`` is a bool, an int or a float holds one."""
-    exempt = _MODEL_VALIDATED.get(config["model"], ())
-    for key, default in defaults.items():
-        kind = _kind(default)
-        if kind is None or key in exempt or key not in config:
-            continue
-        value = config[key]
-        if _kind(value) is not kind and not (kind is float and _kind(value) is int):
-            raise SettingError(f"setting {key} must be {_KIND_NAMES[kind]}, got {value!r}")
-
-
 def transfer_defaults(config: Config) -> dict:
     """The fine-tuning defaults (``properties/transfer.yaml``), parsed as RecBole parses YAML."""
     return yaml.load(TRANSFER_YAML.read_text(encoding="utf-8"), Loader=config.yaml_loader)
 
 
 def check_model_settings(config: Config) -> None:
-    """The model's own check of its settings (SRT's :func:`~recbole_srt.model.srt.check_config`)."""
+    """The model's own checks of its settings: for SRT, :func:`~recbole_srt.model.srt.check_config`,
+    its trainer's precision and a dry run of its optimiser and schedule (one throw-away parameter)."""
     if config["model"] == "SRT":
         check_config(config)
+        training_precision(config)
+        build_optimizer(config, [torch.nn.Parameter(torch.zeros(1))], config["learning_rate"])
+
+
+def check_config_files(paths: Sequence[str | Path]) -> None:
+    """Each config file is a readable YAML mapping (RecBole would fail with a YAML traceback)."""
+    for path in paths:
+        read_config_file(path)
+
+
+@contextlib.contextmanager
+def config_errors() -> Iterator[None]:
+    """RecBole's ``Config()`` raises these for bad settings (an unknown metric, ranking and value metrics
+    mixed, a ``topk`` of the wrong type): a :class:`SettingError` instead."""
+    try:
+        yield
+    except (NotImplementedError, RuntimeError, TypeError) as error:
+        raise SettingError(str(error)) from None
+
+
+def _check_valid_metric(config: Config) -> None:
+    """``valid_metric`` is one of the results RecBole computes (else a ``KeyError`` after the first epoch)."""
+    metrics = [metric.lower() for metric in config["metrics"]]
+    if config["eval_type"] == EvaluatorType.RANKING:
+        metrics = [f"{metric}@{k}" for metric in metrics for k in config["topk"]]
+    if str(config["valid_metric"]).lower() not in metrics:
+        raise SettingError(
+            f"valid_metric {config['valid_metric']!r} is not computed; the results are {metrics}"
+        )
 
 
 def check_config_before_data(config: Config) -> None:
     """Every check of a freshly built ``config`` (see the module docstring)."""
     check_setting_types(config, {**config.internal_config_dict, **transfer_defaults(config)})
+    _check_valid_metric(config)
     check_model_settings(config)
 
 

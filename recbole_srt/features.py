@@ -105,6 +105,8 @@ def _data_lines(path: Path, separator: str, encoding: str = "utf-8") -> int:
             count += 1
             if fields != expected:
                 raise ItemFeatureError(f"{path}, line {number}: {fields} fields, the header has {expected}")
+    if expected is None:
+        raise ItemFeatureError(f"{path}: an empty file (no header line)")
     return count
 
 

@@ -161,7 +161,8 @@ def make_config(
     """
     overrides = parse_overrides(argv, known_config_keys(config_file_list or ())) if argv else {}
     checks.check_model_name(model)
-    with compat.ignoring_argv():
+    checks.check_config_files(config_file_list or ())
+    with compat.ignoring_argv(), checks.config_errors():
         config = Config(
             model=model,
             dataset=dataset,

@@ -151,6 +151,18 @@ class EpochRecorder:
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def training_precision(config) -> str:
+    """The precision :class:`SRTTrainer` trains ``config`` at; a ``ValueError`` for one it cannot."""
+    precision = config["precision"]
+    if precision == "fp32" and config["enable_amp"]:  # RecBole's switch: its default autocast dtype
+        precision = "fp16" if config["device"].type == "cuda" else "bf16"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and config["device"].type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device (GradScaler); use bf16 on CPU")
+    return precision
+
+
 class SRTTrainer(EpochRecorder, Trainer):
     """The trainer RecBole picks for SRT: RecBole's ``Trainer`` with :class:`EpochRecorder`, plus
 
@@ -161,13 +173,7 @@ class SRTTrainer(EpochRecorder, Trainer):
     """
 
     def __init__(self, config, model):
-        precision = config["precision"]
-        if precision == "fp32" and config["enable_amp"]:  # RecBole's switch: its default autocast dtype
-            precision = "fp16" if config["device"].type == "cuda" else "bf16"
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-        if precision == "fp16" and config["device"].type != "cuda":
-            raise ValueError("precision fp16 needs a CUDA device (GradScaler); use bf16 on CPU")
+        precision = training_precision(config)
         super().__init__(config, model)
         self.autocast_dtype = PRECISIONS[precision]
         self.enable_amp = False  # SRTTrainer autocasts itself, with the dtype precision names

@@ -279,7 +279,11 @@ def _bad_catalogs(folder: Path) -> list[tuple[Path, str]]:
     no_id = _edit_line(_jsonl(fresh("noid")), 9, lambda line: json.dumps({"text": json.loads(line)["text"]}))
     tsv = fresh("tsv").with_suffix(".tsv")
     tsv.write_text(_edit_line(fresh("tsv2"), 4, lambda line: line + "\tstray").read_text(encoding="utf-8"))
+    empty = folder / "empty" / "sci.item"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
     return [
+        (empty, "an empty file (no header line)"),
         (extra_tab, "line 7: 3 fields, the header has 2"),
         (
             open_quote,
@@ -298,7 +302,8 @@ def test_a_malformed_catalog_line_names_the_file_and_line(trained, tmp_path, cap
     good, _ = trained
     for catalog, message in _bad_catalogs(tmp_path):
         assert recommend(good, catalog, "B0000223SI") == 2, catalog
-        assert one_error(capsys, "srt-recommend") == f"{catalog}, {message}", catalog
+        separator = ": " if message.startswith("an empty") else ", "
+        assert one_error(capsys, "srt-recommend") == f"{catalog}{separator}{message}", catalog
         assert not list(catalog.parent.glob("*.srt-*"))  # refused before encoding: no cache written
 
 
@@ -342,17 +347,36 @@ TINY_ARGS = ["--dataset=tiny", "--epochs=1", "--hidden_size=16", "--inner_size=3
         (["--model=Nope"], "unknown model 'Nope'; did you mean Pop? (model names are case-sensitive)"),
         (["--model=sasrec"], "unknown model 'sasrec'; did you mean SASRec? (model names are case-sensitive)"),
         (["--dataset=nope"], None),
+        (["--metrics=[Foo]"], "There is no metric named 'Foo'"),
+        (
+            ["--valid_metric=ndcg@20"],
+            "valid_metric 'ndcg@20' is not computed; the results are "
+            "['recall@10', 'mrr@10', 'ndcg@10', 'hit@10']",
+        ),
+        (["--hidden_dropout_prob=abc"], "SRT hidden_dropout_prob: dropout 'abc': need 1 values in [0, 1)"),
+        (["--learner=adagrad"], "learner must be one of ('adam', 'adamw', 'sgd') for SRT, got 'adagrad'"),
+        (
+            ["--lr_scheduler=cosine"],
+            "lr_scheduler must be one of ('constant', 'warmup_cosine', 'onecycle'), got 'cosine'",
+        ),
+        (["--precision=fp16"], "precision fp16 needs a CUDA device (GradScaler); use bf16 on CPU"),
+        (
+            ["--config_files=broken.yaml"],
+            "config file broken.yaml, line 2: not valid YAML (expected ',' or ']', but got '<stream end>')",
+        ),
     ],
 )
 def test_run_recbole_refuses_bad_settings_before_loading_or_encoding(
-    tmp_path, capsys, no_work, args, message
+    tmp_path, capsys, monkeypatch, no_work, args, message
 ):
     write_tiny_dataset(tmp_path)
+    (tmp_path / "broken.yaml").write_text("epochs: [1\n")  # a YAML list left open
+    monkeypatch.chdir(tmp_path)
     saved = tmp_path / "saved"
     saved.mkdir()
     (saved / "previous.pth").write_bytes(b"a previous run's checkpoint")
-    argv = [*TINY_ARGS, f"--data_path={tmp_path}", f"--checkpoint_dir={saved}", *args]
-    assert cli.main([f"--config_files={tmp_path / 'tiny' / 'tiny.yaml'}", *argv]) == 2
+    argv = [f"--config_files={tmp_path / 'tiny' / 'tiny.yaml'}", *TINY_ARGS, f"--data_path={tmp_path}"]
+    assert cli.main([*argv, f"--checkpoint_dir={saved}", *args]) == 2
     if message is None:
         message = (
             f"no dataset folder {tmp_path / 'nope'}: 'nope' is neither a folder under data_path ({tmp_path}) "

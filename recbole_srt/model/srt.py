@@ -54,7 +54,8 @@ def per_block(value, n_layers: int) -> list[float]:
         values = list(value)
     else:
         values = [value] * n_layers
-    if len(values) != n_layers or not all(0 <= float(v) < 1 for v in values):
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if len(values) != n_layers or not numbers or not all(0 <= v < 1 for v in values):
         raise ValueError(f"dropout {value!r}: need {n_layers} values in [0, 1)")
     return [float(v) for v in values]
 
@@ -84,7 +85,10 @@ def check_config(config) -> None:
             f"(got {config['train_neg_sample_args']})"
         )
     for key in PER_BLOCK_KEYS:
-        per_block(config[key], config["n_layers"])
+        try:
+            per_block(config[key], config["n_layers"])
+        except ValueError as error:
+            raise ValueError(f"SRT {key}: {error}") from None
 
 
 class ItemTower(nn.Module):
