@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA, tiny_config, write_tiny_dataset
@@ -401,9 +402,15 @@ def _magazine_dataset(root: Path, name: str, keep) -> Path:
     return folder
 
 
-def _users_with_two(rows):
-    counts = Counter(user for _, user, _, _ in rows)
-    return [row for row in rows if counts[row[1]] == 2]
+def _users_with(n: int, limit: int | None = None):
+    """Rows of the users with exactly ``n`` ratings (the first ``limit`` such users)."""
+
+    def keep(rows):
+        counts = Counter(user for _, user, _, _ in rows)
+        users = [user for user in counts if counts[user] == n][:limit]
+        return [row for row in rows if row[1] in set(users)]
+
+    return keep
 
 
 def _five_items(rows):
@@ -411,30 +418,65 @@ def _five_items(rows):
     return [row for row in rows if row[0] in top]
 
 
-def test_a_dataset_too_small_to_split_or_rank_is_refused_before_training(tmp_path, capsys, monkeypatch):
+SPLIT = "RecBole's split {'LS': 'valid_and_test'} leaves the"
+TOO_FEW = "too few interactions per user; add data or keep longer histories (user_inter_num_interval)"
+
+
+@pytest.mark.parametrize(
+    ("keep", "args", "message"),
+    [
+        (_users_with(2), [], f"{SPLIT} validation set empty (7994 users, 15988 interactions): {TOO_FEW}"),
+        (
+            _users_with(3, limit=1),
+            ["--topk=[1]", "--valid_metric=NDCG@1"],
+            f"{SPLIT} validation set empty (1 users, 3 interactions): {TOO_FEW}",
+        ),
+        (
+            _users_with(1, limit=1),
+            ["--topk=[1]", "--valid_metric=NDCG@1"],
+            f"{SPLIT} training set empty (1 users, 1 interactions): {TOO_FEW}",
+        ),
+        (_users_with(3, limit=1), [], "3 items, fewer than topk 10; set topk to at most 3"),
+        (_five_items, [], "5 items, fewer than topk 10; set topk to at most 5"),
+    ],
+)
+def test_a_dataset_too_small_to_split_or_rank_is_refused_before_training(
+    tmp_path, capsys, monkeypatch, keep, args, message
+):
     monkeypatch.setattr(ItemEncoder, "encode", lambda *a: pytest.fail("encoded before the error"))
-    pairs = _magazine_dataset(tmp_path, "pairs", _users_with_two)
-    n_users = len((pairs / "pairs.inter").read_text().splitlines()[1:]) // 2
-    split = (
-        "dataset pairs: RecBole's split {'LS': 'valid_and_test'} leaves the validation set empty "
-        f"({n_users} users, {2 * n_users} interactions): too few interactions per user; add data or keep "
-        "longer histories (user_inter_num_interval)"
-    )
-    few = _magazine_dataset(tmp_path, "few", _five_items)
-    for folder, message in [
-        (pairs, split),
-        (few, "dataset few: 5 items, fewer than topk 10; set topk to at most 5"),
-    ]:
-        yaml_file = folder / f"{folder.name}.yaml"
-        argv = [
-            *TINY_ARGS,
-            f"--dataset={folder.name}",
-            f"--data_path={tmp_path}",
-            f"--config_files={yaml_file}",
-        ]
-        assert cli.main([*argv, f"--checkpoint_dir={tmp_path / 'saved'}"]) == 2
-        assert one_error(capsys, "run_recbole") == message
+    folder = _magazine_dataset(tmp_path, "magazine", keep)
+    argv = [
+        *TINY_ARGS,
+        "--dataset=magazine",
+        f"--data_path={tmp_path}",
+        f"--config_files={folder / 'magazine.yaml'}",
+    ]
+    assert cli.main([*argv, f"--checkpoint_dir={tmp_path / 'saved'}", *args]) == 2
+    assert one_error(capsys, "run_recbole") == f"dataset magazine: {message}"
     assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            np.nan,
+            "row 11 (0-based; item 'i11') holds NaN or Inf as float32 (1 such rows); SRT cannot train on it",
+        ),
+        (None, "not a readable .npy array (Object arrays cannot be loaded when allow_pickle=False)"),
+    ],
+)
+def test_a_bad_item_feature_file_is_refused_at_load_not_as_a_nan_loss(tmp_path, capsys, value, message):
+    write_tiny_dataset(tmp_path)
+    matrix = np.random.default_rng(0).normal(size=(30, 8)).astype(object if value is None else float)
+    matrix[11, 3] = value
+    np.save(tmp_path / "feats.npy", matrix, allow_pickle=True)
+    argv = [*TINY_ARGS, f"--data_path={tmp_path}", f"--config_files={tmp_path / 'tiny' / 'tiny.yaml'}"]
+    assert (
+        cli.main([*argv, f"--checkpoint_dir={tmp_path}", f"--item_feature_file={tmp_path / 'feats.npy'}"])
+        == 2
+    )
+    assert one_error(capsys, "run_recbole") == f"{tmp_path / 'feats.npy'}: {message}"
 
 
 # --- srt-finetune ---------------------------------------------------------------------------------
