@@ -78,7 +78,7 @@ def check_model_name(model: str) -> None:
     raise SettingError(f"unknown model {model!r}{hint} (model names are case-sensitive)")
 
 
-def transfer_defaults(config: Config) -> dict:
+def _transfer_defaults(config: Config) -> dict:
     """The fine-tuning defaults (``properties/transfer.yaml``), parsed as RecBole parses YAML."""
     return yaml.load(TRANSFER_YAML.read_text(encoding="utf-8"), Loader=config.yaml_loader)
 
@@ -121,7 +121,7 @@ def _check_valid_metric(config: Config) -> None:
 
 def check_config_before_data(config: Config) -> None:
     """Every check of a freshly built ``config`` (see the module docstring)."""
-    check_setting_types(config, {**config.internal_config_dict, **transfer_defaults(config)})
+    check_setting_types(config, {**config.internal_config_dict, **_transfer_defaults(config)})
     _check_valid_metric(config)
     check_model_settings(config)
 
@@ -171,11 +171,10 @@ def load_dataset(config: Config):
         raise DatasetError(
             f"could not download RecBole's dataset {name!r} to {folder} ({error.reason})"
         ) from None
-    topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
-    n_items = dataset.item_num - 1
-    if config["eval_type"] == EvaluatorType.RANKING and max(topk) > n_items:
+    n_items, k = dataset.item_num - 1, max(config["topk"])  # RecBole's Config makes topk a list
+    if config["eval_type"] == EvaluatorType.RANKING and k > n_items:
         raise DatasetError(
-            f"dataset {name}: {n_items} items, fewer than topk {max(topk)}; set topk to at most {n_items}"
+            f"dataset {name}: {n_items} items, fewer than topk {k}; set topk to at most {n_items}"
         )
     _guard_split(config, dataset)
     return dataset

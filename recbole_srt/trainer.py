@@ -8,7 +8,8 @@ baselines trained by :func:`recbole_srt.pipeline.run` are measured the same way.
 Per epoch (:class:`EpochStats`): training seconds, the number of next-item targets trained on
 (so throughput), the target-weighted mean training loss, validation seconds, the validation result
 and the mean full-catalog cross-entropy of the validation targets (``valid_loss``; NaN for
-sampled evaluation). RecBole's training loop, early stopping and checkpoints are unchanged.
+sampled evaluation). RecBole's training loop and early stopping are unchanged; checkpoints hold
+RecBole's keys in SRT's weights-only format (:mod:`recbole_srt.checkpoint`), written atomically.
 """
 
 from __future__ import annotations
