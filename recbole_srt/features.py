@@ -402,7 +402,7 @@ def _supplied_features(npy: Path, item_tokens) -> tuple[list[str], np.ndarray]:
     if bad.size:
         raise ItemFeatureError(
             f"{npy}: row {bad[0]} (0-based; item {tokens[bad[0]]!r}) holds NaN or Inf as float32 "
-            f"({bad.size} such rows); SRT cannot train on it"
+            f"({bad.size} of {len(tokens)} rows); SRT cannot train on it"
         )
     return tokens, matrix
 

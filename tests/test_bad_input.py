@@ -461,7 +461,7 @@ def test_a_dataset_too_small_to_split_or_rank_is_refused_before_training(
     [
         (
             np.nan,
-            "row 11 (0-based; item 'i11') holds NaN or Inf as float32 (1 such rows); SRT cannot train on it",
+            "row 11 (0-based; item 'i11') holds NaN or Inf as float32 (1 of 30 rows); SRT cannot train on it",
         ),
         (None, "not a readable .npy array (Object arrays cannot be loaded when allow_pickle=False)"),
     ],

@@ -323,7 +323,7 @@ def test_nan_or_inf_in_an_item_feature_file_names_the_row_and_item(tmp_path, bad
     matrix[17, 2] = matrix[20, 0] = bad
     np.save(tmp_path / "mine.npy", matrix)
     config, dataset = recbole_dataset(tmp_path, item_feature_file=str(tmp_path / "mine.npy"))
-    message = r"mine\.npy: row 17 \(0-based; item 'i17'\) holds NaN or Inf as float32 \(2 such rows\)"
+    message = r"mine\.npy: row 17 \(0-based; item 'i17'\) holds NaN or Inf as float32 \(2 of 30 rows\)"
     with pytest.raises(ItemFeatureError, match=message):
         load_item_features(config, dataset)
 
