@@ -18,9 +18,12 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from recbole_srt.features import ItemFeatureError
-from recbole_srt.overrides import OverrideError, known_config_keys, parse_overrides
+from recbole_srt.overrides import known_config_keys, parse_overrides
 from recbole_srt.pipeline import make_config, run
+
+# What the CLIs report in one line: the project's errors (CheckpointError, ItemFeatureError,
+# OverrideError, SettingError, ...) and RecBole's own checks are ValueErrors; and unreadable files.
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 class user_errors:  # noqa: N801  (used as a context manager, like contextlib's lower-case helpers)
@@ -113,11 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parse_args(argv)
     config_files = args.config_files.split() if args.config_files else None
     quiet_library_warnings()
-    with user_errors("run_recbole", OverrideError, ItemFeatureError, FileNotFoundError, ValueError) as failed:
+    with user_errors("run_recbole", *USER_ERRORS) as failed:
         settings = parse_overrides(rest, known_config_keys(config_files or ()))
         if args.nproc > 1 or args.world_size > 0:
             import torch.multiprocessing as mp
 
+            make_config(args.model, args.dataset, config_files, settings)  # bad settings: here, not per rank
             mp.spawn(_rank, args=(args, config_files, settings), nprocs=args.nproc, join=True)
         else:
             _report(run(make_config(args.model, args.dataset, config_files, settings)).record)

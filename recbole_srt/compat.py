@@ -17,9 +17,17 @@ RecBole != 1.2.1                 ``fillna(inplace=True)`` a no-op (ids become   
                                  ``Config.__init__`` aliases them, so a Config
                                  unpickled by ``load_data_and_model`` crashes
                                  ``NDCG``
-``torch.load`` (torch >= 2.6)    defaults to ``weights_only=True``; RecBole      :func:`trust_recbole_
-                                 pickles its ``Config`` into every checkpoint    checkpoints` (only
-                                 and cannot read it back                         RecBole's own loaders)
+``torch.load`` in RecBole's      RecBole pickles its ``Config`` into every       :func:`safe_recbole_
+checkpoint readers               checkpoint, so reading one runs whatever code   checkpoints`: SRT's
+(``load_data_and_model``,        the file holds (torch >= 2.6 refuses it)        weights-only format,
+``resume_checkpoint``,                                                           its config dict made
+``evaluate``), ``Trainer.                                                        a ``Config`` again;
+_save_checkpoint``                                                               full pickles only if
+                                                                                 this process's
+                                                                                 ``_save_checkpoint``
+                                                                                 wrote the file (or
+                                                                                 :func:`trust_
+                                                                                 checkpoint` names it)
 ``Config._set_default_           RecBole ships ``train_neg_sample_args:          :func:`default_no_
 parameters``                     uniform`` and then refuses it for its own CE    negatives_for_ce`
                                  models (SASRec's and BERT4Rec's default)
@@ -59,6 +67,8 @@ from recbole.config import Config
 from recbole.utils import ModelType
 from torch.nn.parallel import DistributedDataParallel
 
+from recbole_srt.checkpoint import read_checkpoint
+
 RECBOLE_VERSION = "1.2.1"
 # (distribution, first incompatible major version, why)
 _UPPER_BOUNDS: tuple[tuple[str, int, str], ...] = (
@@ -68,7 +78,7 @@ _UPPER_BOUNDS: tuple[tuple[str, int, str], ...] = (
     ("pyarrow", 26, "pyarrow 26 requires numpy 2, which RecBole 1.2.1 cannot use"),
 )
 
-# RecBole modules that torch.load checkpoints RecBole itself wrote (Trainer.resume_checkpoint,
+# RecBole modules that torch.load checkpoints (Trainer.resume_checkpoint,
 # Trainer.evaluate(load_best_model=True), quick_start.load_data_and_model).
 _RECBOLE_CHECKPOINT_READERS = ("recbole.trainer.trainer", "recbole.quick_start.quick_start")
 _OVERALL_YAML = (Path(recbole.__file__).parent / "properties" / "overall.yaml").resolve()
@@ -113,30 +123,67 @@ def numpy_aliases() -> None:
     Config.compatibility_settings(None)
 
 
-def torch_loads_weights_only_by_default(version: str = torch.__version__) -> bool:
-    """torch >= 2.6 reads checkpoints with ``weights_only=True`` unless told otherwise."""
-    major, minor = (int(part) for part in version.split("+")[0].split(".")[:2])
-    return (major, minor) >= (2, 6)
-
-
 _torch_load = torch.load
+_recbole_save_checkpoint = recbole_trainer.Trainer._save_checkpoint
+# Full-pickle checkpoints RecBole's loaders may read: real path -> (inode, size, mtime) when trusted.
+_trusted_pickles: dict[str, tuple[int, int, int]] = {}
 
 
-def _load_trusting_recbole(f, *args, **kwargs):
-    """``torch.load``; defaults to ``weights_only=False`` only when called from RecBole's loaders.
+def _identity(path: str | os.PathLike) -> tuple[str, tuple[int, int, int] | None]:
+    real = os.path.realpath(path)
+    try:
+        stat = os.stat(real)
+    except OSError:
+        return real, None
+    return real, (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
-    Only calls made directly by the modules in ``_RECBOLE_CHECKPOINT_READERS`` (which read back
-    checkpoints RecBole writes) get full unpickling; every other caller keeps torch's safe default.
+
+def trust_checkpoint(path: str | os.PathLike) -> None:
+    """Let RecBole's own loaders (``load_data_and_model``, ``resume_checkpoint``, ``evaluate``) unpickle
+    ``path``, as it is now, in this process.
+
+    Only for a file you trust: unpickling can run arbitrary code. Any later change to the file
+    withdraws the trust.
     """
-    if sys._getframe(1).f_globals.get("__name__") in _RECBOLE_CHECKPOINT_READERS:
-        kwargs.setdefault("weights_only", False)
-    return _torch_load(f, *args, **kwargs)
+    real, identity = _identity(path)
+    if identity is None:
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    _trusted_pickles[real] = identity
 
 
-def trust_recbole_checkpoints() -> None:
-    """On torch >= 2.6, let RecBole's own checkpoint loaders read the pickles it writes (idempotent)."""
-    if torch_loads_weights_only_by_default():
-        torch.load = _load_trusting_recbole
+def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+    """RecBole's ``Trainer._save_checkpoint``; the file it writes is trusted in this process."""
+    path = kwargs.get("saved_model_file", self.saved_model_file)
+    before = _identity(path)[1]
+    _recbole_save_checkpoint(self, epoch, verbose=verbose, **kwargs)
+    after = _identity(path)[1]
+    if after is not None and after != before:  # written now (a DDP rank > 0 writes nothing)
+        trust_checkpoint(path)
+
+
+def _load_for_recbole(f, *args, **kwargs):
+    """``torch.load``; for RecBole's checkpoint readers, :func:`recbole_srt.checkpoint.read_checkpoint`.
+
+    A call made directly by a module of ``_RECBOLE_CHECKPOINT_READERS`` (as RecBole makes it: a path
+    and ``map_location``) reads SRT's weights-only format, or a full pickle that this process wrote
+    or trusts (:func:`trust_checkpoint`); anything else is a :class:`CheckpointError`. Every other
+    caller gets torch's own ``torch.load``.
+    """
+    caller = sys._getframe(1).f_globals.get("__name__")
+    recbole_call = isinstance(f, str | os.PathLike) and not args and set(kwargs) <= {"map_location"}
+    if caller not in _RECBOLE_CHECKPOINT_READERS or not recbole_call:
+        return _torch_load(f, *args, **kwargs)
+    real, identity = _identity(f)
+    if identity is not None and _trusted_pickles.get(real) == identity:
+        return _torch_load(f, weights_only=False, **kwargs)
+    hint = f"recbole_srt.compat.trust_checkpoint({str(f)!r}) first"
+    return read_checkpoint(f, kwargs.get("map_location"), hint=hint)
+
+
+def safe_recbole_checkpoints() -> None:
+    """RecBole's checkpoint readers never unpickle a file this process did not write or trust (idempotent)."""
+    recbole_trainer.Trainer._save_checkpoint = _save_checkpoint
+    torch.load = _load_for_recbole
 
 
 _recbole_set_default_parameters = Config._set_default_parameters
@@ -280,7 +327,7 @@ def apply() -> None:
     """Check the stack, then patch what a pin cannot fix."""
     check_stack()
     numpy_aliases()
-    trust_recbole_checkpoints()
+    safe_recbole_checkpoints()
     default_no_negatives_for_ce()
     scoped_argv()
     literal_config_values()

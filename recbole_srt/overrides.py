@@ -4,18 +4,24 @@ Values are parsed as YAML (``--topk=[10,20]``, ``--train_neg_sample_args=~``); a
 known setting is an error naming the closest known keys (RecBole silently ignores typos). Every CLI
 of the project (``run_recbole``, ``srt-finetune``, ``benchmarks/compare.py``, ``benchmarks/sweep.py``)
 parses its overrides here. Dotted keys (``recbole.epochs``) reach nested mappings.
+
+Also the settings' own checks: :func:`read_config_file` (a YAML config file, or one clear error) and
+:func:`check_setting_types` (a setting whose default is a number or a boolean holds one).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import recbole
 import yaml
+from recbole.config import Config
+
+from recbole_srt.model.srt import PER_BLOCK_KEYS
 
 # Keys RecBole reads although no YAML of it defines them (set by its quick start and DDP launcher).
 _RUNTIME_KEYS = {"model", "dataset", "local_rank", "world_size", "nproc", "offset", "ip", "port", "encoding"}
@@ -25,12 +31,38 @@ class OverrideError(ValueError):
     """A malformed ``--key=value`` or an unknown key."""
 
 
+class SettingError(ValueError):
+    """A setting of the wrong type, or an unknown model."""
+
+
+# Settings a model validates itself in more forms than their default's type (SRT: a number, a list, a dict).
+_MODEL_VALIDATED = {"SRT": PER_BLOCK_KEYS}
+_KIND_NAMES = {bool: "a boolean (True or False)", int: "an integer", float: "a number"}
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The settings of a YAML config file (``{}`` if empty); :class:`OverrideError` if it cannot be read."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise OverrideError(
+            f"config file {path}: {error.strerror if isinstance(error, OSError) else error}"
+        ) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise OverrideError(
+            f"config file {path}{where}: not valid YAML ({getattr(error, 'problem', error)})"
+        ) from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise OverrideError(f"config file {path}: a YAML {type(loaded).__name__}, not a mapping of settings")
+    return loaded or {}
+
+
 def _yaml_keys(paths: Iterable[Path]) -> set[str]:
     keys: set[str] = set()
     for path in paths:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        if isinstance(loaded, dict):
-            keys |= set(loaded)
+        keys |= set(read_config_file(path))
     return keys
 
 
@@ -63,6 +95,22 @@ def parse_overrides(args: Sequence[str], known: Collection[str]) -> dict[str, An
         except yaml.YAMLError as error:
             raise OverrideError(f"--{key}: value {value!r} is not valid YAML ({error.problem})") from None
     return overrides
+
+
+def _kind(value) -> type | None:
+    return type(value) if type(value) in _KIND_NAMES else None
+
+
+def check_setting_types(config: Config, defaults: Mapping) -> None:
+    """Every setting of ``config`` whose default in ``defaults`` is a bool, an int or a float holds one."""
+    exempt = _MODEL_VALIDATED.get(config["model"], ())
+    for key, default in defaults.items():
+        kind = _kind(default)
+        if kind is None or key in exempt or key not in config:
+            continue
+        value = config[key]
+        if _kind(value) is not kind and not (kind is float and _kind(value) is int):
+            raise SettingError(f"setting {key} must be {_KIND_NAMES[kind]}, got {value!r}")
 
 
 def apply_overrides(target: dict, overrides: dict[str, Any]) -> dict:

@@ -28,11 +28,11 @@ from logging import getLogger
 import numpy as np
 import torch
 from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
+from recbole.data import data_preparation
 from recbole.data.utils import get_dataloader
 from recbole.utils import get_local_time, get_model, get_trainer, init_logger, init_seed
 
-from recbole_srt import compat
+from recbole_srt import checks, compat
 from recbole_srt.model.params import ParamCounts, count_params
 from recbole_srt.overrides import known_config_keys, parse_overrides
 from recbole_srt.trainer import EpochStats, recording
@@ -154,15 +154,23 @@ def make_config(
     config_dict: dict | None = None,
     argv: Sequence[str] | None = None,
 ) -> Config:
-    """RecBole's ``Config``; ``argv`` (``--key=value`` strings) outranks ``config_dict``; never sys.argv."""
+    """RecBole's ``Config``; ``argv`` (``--key=value`` strings) outranks ``config_dict``; never sys.argv.
+
+    The model name, the settings' types and the model's own check (:mod:`recbole_srt.checks`) are
+    verified here, before any data is loaded.
+    """
     overrides = parse_overrides(argv, known_config_keys(config_file_list or ())) if argv else {}
-    with compat.ignoring_argv():
-        return Config(
+    checks.check_model_name(model)
+    checks.check_config_files(config_file_list or ())
+    with compat.ignoring_argv(), checks.config_errors():
+        config = Config(
             model=model,
             dataset=dataset,
             config_file_list=list(config_file_list) if config_file_list else None,
             config_dict={**(config_dict or {}), **overrides},
         )
+    checks.check_config_before_data(config)
+    return config
 
 
 def subsample_users(config: Config, train_data, fraction: float, seed: int):
@@ -237,7 +245,7 @@ def run(
         config = make_config(config, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    data = create_dataset(config)
+    data = checks.load_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, data)
     train_data = subsample_users(config, train_data, data_fraction, config["seed"])
 

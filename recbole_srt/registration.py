@@ -28,6 +28,8 @@ PLUGIN_MODELS: dict[str, tuple[str, str, str]] = {
     "SRT": ("recbole_srt.model.srt", "recbole_srt.trainer", "recbole_srt.data")
 }
 _RECBOLE_SEQUENTIAL = "recbole.model.sequential_recommender"
+# Fine-tuning defaults (recbole_srt.transfer), a config file below the user's.
+TRANSFER_YAML = Path(str(files("recbole_srt.properties") / "transfer.yaml"))
 
 
 def plugin_yaml(model: str) -> Path:

@@ -14,9 +14,8 @@ column the id, the others text). An item's text is its non-empty text fields joi
 as in training (:mod:`recbole_srt.features`), and it is encoded with the
 checkpoint's ``text_encoder``; the catalog's features are cached beside it.
 
-Checkpoints are RecBole pickles (they hold its ``Config``):
-:func:`recbole_srt.checkpoint.load_srt_checkpoint` unpickles them, so only load checkpoint files you
-trust, such as your own training runs.
+Checkpoints are read without unpickling code (:mod:`recbole_srt.checkpoint`); RecBole's full-pickle
+format (older SRT checkpoints) needs ``trust=True`` (``--trust-checkpoint``), for trusted files only.
 """
 
 from __future__ import annotations
@@ -30,13 +29,18 @@ from pathlib import Path
 
 import torch
 
-from recbole_srt.checkpoint import CheckpointError, feature_size, load_srt_checkpoint
-from recbole_srt.cli import quiet_library_warnings, user_errors
+from recbole_srt.checkpoint import (
+    TRUST_HELP,
+    CheckpointError,
+    feature_size,
+    load_srt_checkpoint,
+)
+from recbole_srt.cli import USER_ERRORS, quiet_library_warnings, user_errors
 from recbole_srt.features import (
     ItemEncoder,
-    ItemFeatureError,
     cache_stem,
     check_feature_size,
+    check_text_coverage,
     read_catalog,
 )
 from recbole_srt.model.srt import SRT
@@ -45,7 +49,21 @@ logger = logging.getLogger(__name__)
 
 
 class ServeError(ValueError):
-    """A catalog or history that cannot be served."""
+    """A catalog, history or device that cannot be served."""
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The torch device ``name``; :class:`ServeError` if torch does not know it or it is not available."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ServeError(f"unknown device {str(name)!r} ({error})") from None
+    backend = getattr(torch, device.type, None)
+    if device.type != "cpu" and not (hasattr(backend, "is_available") and backend.is_available()):
+        raise ServeError(f"device {device}: {device.type.upper()} is not available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ServeError(f"device {device}: only {torch.cuda.device_count()} CUDA devices are visible")
+    return device
 
 
 class Recommender:
@@ -58,20 +76,29 @@ class Recommender:
         self._row = {item: row for row, item in enumerate(self.item_ids, 1)}  # row 0 is padding
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, catalog: str | Path, device: str = "cpu") -> Recommender:
-        """The checkpoint's SRT over ``catalog``'s items, encoded with its ``text_encoder`` (cached)."""
-        saved = load_srt_checkpoint(checkpoint, device)
+    def from_checkpoint(
+        cls, checkpoint: str | Path, catalog: str | Path, device: str = "cpu", trust: bool = False
+    ) -> Recommender:
+        """The checkpoint's SRT over ``catalog``'s items, encoded with its ``text_encoder`` (cached).
+
+        ``trust=True`` also reads RecBole's full-pickle format (older SRT checkpoints), which can run
+        code: only for files you trust.
+        """
+        device = resolve_device(device)
+        saved = load_srt_checkpoint(checkpoint, device, trust)
         config = saved["config"]
         if config["item_feature_file"] is not None:
             raise CheckpointError(
                 f"{checkpoint}: trained on precomputed features ({config['item_feature_file']}), "
                 "not on text; new items cannot be encoded the same way"
             )
-        config["device"] = torch.device(device)
+        config["device"] = device
         items = read_catalog(catalog, config["ITEM_ID_FIELD"], config["text_fields"])
         if not items.tokens:
             raise ServeError(f"{catalog}: the catalog has no items")
-        encoder = ItemEncoder(config["text_encoder"], device, config["text_encoder_batch_size"])
+        n_empty = sum(not text for text in items.texts)
+        check_text_coverage(n_empty, len(items.texts), f"catalog {catalog}", items.fields)
+        encoder = ItemEncoder(config["text_encoder"], str(device), config["text_encoder_batch_size"])
         catalog = Path(catalog)
         matrix, _ = encoder.encode_items(items, cache_stem(catalog.parent, catalog.stem, encoder.name))
         features = torch.cat([torch.zeros(1, matrix.shape[1]), torch.from_numpy(matrix)])
@@ -128,7 +155,9 @@ class Recommender:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Top-k items for a history with a trained SRT checkpoint.")
+    parser = argparse.ArgumentParser(
+        prog="srt-recommend", description="Top-k items for a history with a trained SRT checkpoint."
+    )
     parser.add_argument("--checkpoint", required=True, help="SRT checkpoint (.pth) written by RecBole")
     parser.add_argument("--catalog", required=True, help="the items to rank: .item, .jsonl or .tsv")
     parser.add_argument(
@@ -146,14 +175,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--include-history", action="store_true", help="may recommend items of the history")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_library_warnings()
-    with user_errors("srt-recommend", CheckpointError, ServeError, ItemFeatureError) as failed:
-        recommender = Recommender.from_checkpoint(args.checkpoint, args.catalog, args.device)
+    with user_errors("srt-recommend", *USER_ERRORS) as failed:
+        recommender = Recommender.from_checkpoint(
+            args.checkpoint, args.catalog, args.device, trust=args.trust_checkpoint
+        )
         recommender.add_items(dict(args.new_item))
         top = recommender.recommend(args.history, args.k, exclude_history=not args.include_history)
     if failed:

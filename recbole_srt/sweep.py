@@ -10,7 +10,8 @@ is one :func:`recbole_srt.pipeline.run` (one model size, one data fraction, one 
 * ``on_epoch``: one row per epoch reported to Ray Tune (train loss, valid metrics and loss,
   cumulative targets, FLOPs and wall time), so a scheduler such as ASHA can stop the trial early.
   When the epoch is the best so far, the test split is scored with the same weights and the model
-  is checkpointed (RecBole's format, ``model.pth``); Ray keeps that checkpoint, and a restarted
+  is checkpointed (SRT's weights-only format, :mod:`recbole_srt.checkpoint`, ``model.pth``); Ray
+  keeps that checkpoint, and a restarted
   trial resumes from it.
 """
 

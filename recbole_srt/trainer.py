@@ -8,7 +8,8 @@ baselines trained by :func:`recbole_srt.pipeline.run` are measured the same way.
 Per epoch (:class:`EpochStats`): training seconds, the number of next-item targets trained on
 (so throughput), the target-weighted mean training loss, validation seconds, the validation result
 and the mean full-catalog cross-entropy of the validation targets (``valid_loss``; NaN for
-sampled evaluation). RecBole's training loop, early stopping and checkpoints are unchanged.
+sampled evaluation). RecBole's training loop and early stopping are unchanged; checkpoints hold
+RecBole's keys in SRT's weights-only format (:mod:`recbole_srt.checkpoint`), written atomically.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from recbole.trainer import Trainer
+from recbole.utils import set_color
 
+from recbole_srt.checkpoint import checkpoint_state, write_checkpoint
 from recbole_srt.metrics import SAMPLED_KS, ranking_metrics, sampled_ranks
 from recbole_srt.optim import build_optimizer
 
@@ -119,6 +122,20 @@ class EpochRecorder:
         self.eval_sampled = {f"sampled_{k}": v for k, v in metrics.items()}
         return result
 
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's checkpoint in SRT's weights-only format (:mod:`recbole_srt.checkpoint`), written
+        atomically; RecBole's own format if the config or model holds what that format cannot."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        path = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = checkpoint_state(self, epoch)
+        if state is None:
+            super()._save_checkpoint(epoch, verbose=verbose, saved_model_file=path)
+            return
+        write_checkpoint(state, path)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {path}")
+
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
         targets = positive_i.to(scores.device)
@@ -135,6 +152,18 @@ class EpochRecorder:
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def training_precision(config) -> str:
+    """The precision :class:`SRTTrainer` trains ``config`` at; a ``ValueError`` for one it cannot."""
+    precision = config["precision"]
+    if precision == "fp32" and config["enable_amp"]:  # RecBole's switch: its default autocast dtype
+        precision = "fp16" if config["device"].type == "cuda" else "bf16"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and config["device"].type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device (GradScaler); use bf16 on CPU")
+    return precision
+
+
 class SRTTrainer(EpochRecorder, Trainer):
     """The trainer RecBole picks for SRT: RecBole's ``Trainer`` with :class:`EpochRecorder`, plus
 
@@ -145,13 +174,7 @@ class SRTTrainer(EpochRecorder, Trainer):
     """
 
     def __init__(self, config, model):
-        precision = config["precision"]
-        if precision == "fp32" and config["enable_amp"]:  # RecBole's switch: its default autocast dtype
-            precision = "fp16" if config["device"].type == "cuda" else "bf16"
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-        if precision == "fp16" and config["device"].type != "cuda":
-            raise ValueError("precision fp16 needs a CUDA device (GradScaler); use bf16 on CPU")
+        precision = training_precision(config)
         super().__init__(config, model)
         self.autocast_dtype = PRECISIONS[precision]
         self.enable_amp = False  # SRTTrainer autocasts itself, with the dtype precision names

@@ -29,17 +29,17 @@ import logging
 import sys
 from collections.abc import Sequence
 from functools import partial
-from importlib.resources import files
 from pathlib import Path
 
 from recbole.config import Config
 
-from recbole_srt.checkpoint import CheckpointError, feature_size, load_srt_checkpoint
-from recbole_srt.cli import quiet_library_warnings, user_errors
-from recbole_srt.features import ItemFeatureError, check_feature_size
+from recbole_srt.checkpoint import TRUST_HELP, feature_size, load_srt_checkpoint
+from recbole_srt.cli import USER_ERRORS, quiet_library_warnings, user_errors
+from recbole_srt.features import check_feature_size
 from recbole_srt.model.srt import SRT
-from recbole_srt.overrides import OverrideError, known_config_keys, parse_overrides
+from recbole_srt.overrides import known_config_keys, parse_overrides
 from recbole_srt.pipeline import Run, Stage, make_config, run
+from recbole_srt.registration import TRANSFER_YAML
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,6 @@ INHERITED_KEYS = (
     "attn_dropout_prob",
     "projection_dropout",
 )
-TRANSFER_YAML = Path(str(files("recbole_srt.properties") / "transfer.yaml"))
 
 
 class TransferError(ValueError):
@@ -173,13 +172,15 @@ def finetune(
     dataset: str,
     config_file_list: Sequence[str] | None = None,
     config_dict: dict | None = None,
+    trust: bool = False,
 ) -> Run:
     """Zero-shot evaluate, then fine-tune an SRT ``checkpoint`` on ``dataset``; see the module doc.
 
     The record holds the zero-shot metrics (``zero_shot_valid``/``zero_shot_test``), the stages and
-    the fine-tuned run (best valid, test of the best-on-valid weights).
+    the fine-tuned run (best valid, test of the best-on-valid weights). ``trust=True`` also reads
+    RecBole's full-pickle format (older SRT checkpoints), which can run code: trusted files only.
     """
-    pretrained = load_srt_checkpoint(checkpoint)
+    pretrained = load_srt_checkpoint(checkpoint, trust=trust)
     config = transfer_config(pretrained["config"], dataset, config_file_list, config_dict)
     plan_stages(config)  # a bad strategy fails here, before any data is loaded or encoded
     return run(
@@ -202,6 +203,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument(
         "--config_files", default=None, help="space-separated YAML files (the dataset's YAML)"
     )
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     return parser.parse_known_args(argv)
 
 
@@ -210,13 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     config_files = args.config_files.split() if args.config_files else None
     quiet_library_warnings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    with user_errors(
-        "srt-finetune", CheckpointError, TransferError, ItemFeatureError, OverrideError
-    ) as failed:
+    with user_errors("srt-finetune", *USER_ERRORS) as failed:
         overrides = parse_overrides(rest, known_config_keys(config_files or ()))
-        record = finetune(args.checkpoint, args.dataset, config_files, overrides).record
+        result = finetune(args.checkpoint, args.dataset, config_files, overrides, trust=args.trust_checkpoint)
     if failed:
         return 2
+    record = result.record
     print(f"zero-shot test: {record.zero_shot_test}")
     print(f"fine-tuned best valid: {record.best_valid}")
     print(f"fine-tuned test: {record.test}")

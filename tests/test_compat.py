@@ -13,12 +13,8 @@ from conftest import tiny_config, write_tiny_dataset
 from recbole.config import Config
 from recbole.data import create_dataset
 
-from recbole_srt.compat import (
-    IncompatibleStackError,
-    check_stack,
-    ignoring_argv,
-    torch_loads_weights_only_by_default,
-)
+from recbole_srt.checkpoint import CheckpointError
+from recbole_srt.compat import IncompatibleStackError, check_stack, ignoring_argv, trust_checkpoint
 
 
 def versions_with(**overrides):
@@ -141,24 +137,59 @@ def test_config_strings_are_parsed_as_literals_never_run(tmp_path):
     assert config["topk"] == [5, 10] and config["norm_first"] is False
 
 
-_LOAD_AS = """
-import torch
-import recbole_srt
-namespace = {{"__name__": {caller!r}, "torch": torch, "PATH": {path!r}}}
-exec(compile("torch.load(PATH)", "caller", "exec"), namespace)  # torch.load called from module `caller`
-"""
+class _Payload:
+    """Unpickling this runs ``os.mkdir(marker)``: the code a crafted checkpoint can hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
 
 
-@pytest.mark.parametrize("caller", ["recbole.trainer.trainer", "someone.else"])
-def test_full_pickles_are_read_only_for_recboles_own_loaders(tmp_path, caller):
-    """torch >= 2.6 refuses RecBole's pickled Config; the patch lifts that for RecBole's loaders alone."""
-    assert torch_loads_weights_only_by_default("2.6.0")
-    assert not torch_loads_weights_only_by_default("2.5.1+cpu")
+def _sasrec_trainer(tmp_path):
+    from recbole.trainer import Trainer
+    from recbole.utils import get_model
+
+    write_tiny_dataset(tmp_path)
+    config = Config(model="SASRec", dataset="tiny", config_dict=tiny_config(tmp_path))
+    dataset = create_dataset(config)
+    return Trainer(config, get_model("SASRec")(config, dataset))
+
+
+def test_recboles_loaders_unpickle_only_what_this_process_wrote_or_trusts(tmp_path):
+    """RecBole's own format (SASRec with RecBole's Trainer) still reloads in the process that wrote it;
+    a full pickle from anywhere else is refused unread, unless trust_checkpoint names it."""
+    trainer = _sasrec_trainer(tmp_path)
+    written = tmp_path / "sasrec.pth"
+    trainer._save_checkpoint(3, verbose=False, saved_model_file=str(written))
+    assert isinstance(torch.load(written, weights_only=False)["config"], Config)  # RecBole's full pickle
+    trainer.resume_checkpoint(written)  # written by this process: read
+    assert trainer.start_epoch == 4
+
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.pth"
+    torch.save({"config": _Payload(marker), "state_dict": {}}, crafted)
+    with pytest.raises(CheckpointError, match=r"crafted\.pth: a full-pickle checkpoint .*trust_checkpoint"):
+        trainer.resume_checkpoint(crafted)
+    from recbole.quick_start import load_data_and_model
+
+    with pytest.raises(CheckpointError, match="a full-pickle checkpoint"):
+        load_data_and_model(str(crafted))
+    assert not marker.exists()
+
+    torch.save(torch.load(written, weights_only=False), written)  # rewritten by someone else: trust is gone
+    with pytest.raises(CheckpointError, match="a full-pickle checkpoint"):
+        trainer.resume_checkpoint(written)
+    trust_checkpoint(written)  # the explicit opt-in
+    trainer.resume_checkpoint(written)
+    assert trainer.start_epoch == 4
+
+
+def test_torchs_safe_default_holds_outside_recboles_loaders(tmp_path):
     path = tmp_path / "ckpt.pth"
-    torch.save({"config": Config.__new__(Config), "state_dict": {}}, path, pickle_protocol=4)
-    code = _LOAD_AS.format(caller=caller, path=str(path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    if caller.startswith("recbole."):
-        assert out.returncode == 0, out.stderr[-2000:]
-    else:
-        assert out.returncode != 0 and "Weights only load failed" in out.stderr
+    torch.save({"config": Config.__new__(Config), "state_dict": {}}, path)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(path)

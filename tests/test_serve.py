@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_config, write_tiny_dataset
+from recbole.config import Config
 from recbole.quick_start import run_recbole
 
-from recbole_srt.checkpoint import CheckpointError
+from recbole_srt.checkpoint import FORMAT, CheckpointError, encode_config
 from recbole_srt.features import ItemFeatureError, read_catalog, read_item_texts
 from recbole_srt.serve import Recommender, ServeError, main
 
@@ -92,8 +93,12 @@ def test_bad_histories_are_clear_errors(trained):
 def test_wrong_checkpoints_are_clear_errors(tmp_path):
     garbage, sasrec = tmp_path / "garbage.pth", tmp_path / "sasrec.pth"
     garbage.write_bytes(b"not a checkpoint")
-    torch.save({"config": {"model": "SASRec"}, "state_dict": {}}, sasrec)
-    cases = [(tmp_path / "missing.pth", "no such checkpoint"), (garbage, "not a readable PyTorch checkpoint")]
+    values, types = encode_config(
+        Config(model="SASRec", dataset="tiny", config_dict={"data_path": str(tmp_path)})
+    )
+    torch.save({"format": FORMAT, "config": values, "config_types": types, "config_parameters": {},
+                "state_dict": {}}, sasrec)  # fmt: skip
+    cases = [(tmp_path / "missing.pth", "no such checkpoint"), (garbage, "not a PyTorch checkpoint")]
     cases += [(sasrec, "a SASRec checkpoint; only SRT")]
     for path, message in cases:
         with pytest.raises(CheckpointError, match=message):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_config, write_tiny_dataset
+from recbole.config import Config
 from recbole.quick_start import load_data_and_model, objective_function
+from recbole.utils import ModelType
 
 from recbole_srt import SRT, Recommender
+from recbole_srt.checkpoint import load_srt_checkpoint
 from recbole_srt.cli import main, parse_args, quiet_library_warnings
 
 RUN_RECBOLE = shutil.which("run_recbole") or str(Path(sys.executable).with_name("run_recbole"))
@@ -50,11 +53,12 @@ def test_srt_trains_one_epoch_and_its_checkpoint_reloads(tmp_path):
     assert "test result" in log and "ndcg@10" in log
 
     (checkpoint,) = (tmp_path / "saved").glob("SRT-*.pth")
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(checkpoint)  # torch's safe default still holds outside RecBole's loaders
+    raw = torch.load(checkpoint, weights_only=True)  # SRT's format: nothing to unpickle but weights
+    assert json.loads(json.dumps(raw["config"]))["hidden_size"] == 16  # the config is plain JSON
     config, model, dataset, _, _, test_data = load_data_and_model(str(checkpoint))
-    assert isinstance(model, SRT) and config["hidden_size"] == 16
-    saved = torch.load(checkpoint, weights_only=False)["state_dict"]
+    assert isinstance(model, SRT) and config["hidden_size"] == 16 and isinstance(config, Config)
+    assert config["device"] == torch.device("cpu") and config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+    saved = raw["state_dict"]
     assert "item_features" not in saved
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, saved[name])
@@ -141,6 +145,6 @@ def test_two_process_ddp_training_on_cpu_finishes_and_its_checkpoint_reloads(tmp
     assert "test result" in log and log.count("checkpoint: ") == 1  # rank 0 reports
     (checkpoint,) = (tmp_path / "saved").glob("SRT-*.pth")
     recommender = Recommender.from_checkpoint(checkpoint, folder / "tiny.item")
-    config = torch.load(checkpoint, weights_only=False)["config"]
+    config = load_srt_checkpoint(checkpoint)["config"]
     assert config["world_size"] == 2 and not config["single_spec"] and config["device"].type == "cpu"
     assert len(recommender.recommend(["i1", "i2"], k=5)) == 5

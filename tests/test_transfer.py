@@ -204,4 +204,4 @@ def test_cli_runs_a_strategy_and_reports_errors(pretrained, capsys):
     assert main(argv) == 0
     assert "zero-shot test" in capsys.readouterr().out
     assert main([f"--checkpoint={root / 'other' / 'other.item'}", "--dataset=other"]) == 2
-    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+    assert "not a PyTorch checkpoint" in capsys.readouterr().err

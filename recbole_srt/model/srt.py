@@ -37,6 +37,8 @@ SIMILARITIES = ("dot", "cosine")
 PROJECTIONS = ("linear", "mlp")
 NEGATIVES = ("batch", "example")
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "swish": nn.SiLU}
+# Dropouts given per block (a number, a list or {first, last}): see per_block.
+PER_BLOCK_KEYS = ("hidden_dropout_prob", "attn_dropout_prob")
 
 
 def per_block(value, n_layers: int) -> list[float]:
@@ -52,7 +54,8 @@ def per_block(value, n_layers: int) -> list[float]:
         values = list(value)
     else:
         values = [value] * n_layers
-    if len(values) != n_layers or not all(0 <= float(v) < 1 for v in values):
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if len(values) != n_layers or not numbers or not all(0 <= v < 1 for v in values):
         raise ValueError(f"dropout {value!r}: need {n_layers} values in [0, 1)")
     return [float(v) for v in values]
 
@@ -69,6 +72,9 @@ def check_config(config) -> None:
     for key, allowed in choices.items():
         if config[key] not in allowed:
             raise ValueError(f"SRT {key} must be one of {allowed}, got {config[key]!r}")
+    for key in ("n_layers", "n_heads", "hidden_size", "inner_size", "MAX_ITEM_LIST_LENGTH"):
+        if config[key] < 1:
+            raise ValueError(f"SRT {key} must be at least 1, got {config[key]}")
     if config["hidden_size"] % config["n_heads"]:
         raise ValueError(
             f"hidden_size {config['hidden_size']} is not a multiple of n_heads {config['n_heads']}"
@@ -78,8 +84,11 @@ def check_config(config) -> None:
             "SRT samples its own negatives (neg_sample_num); set train_neg_sample_args: ~ "
             f"(got {config['train_neg_sample_args']})"
         )
-    for key in ("hidden_dropout_prob", "attn_dropout_prob"):
-        per_block(config[key], config["n_layers"])
+    for key in PER_BLOCK_KEYS:
+        try:
+            per_block(config[key], config["n_layers"])
+        except ValueError as error:
+            raise ValueError(f"SRT {key}: {error}") from None
 
 
 class ItemTower(nn.Module):
