@@ -105,6 +105,7 @@ def srt_test_config(**overrides) -> dict:
         "inner_size": 32,
         "n_heads": 2,
         "neg_sample_num": 5,
+        "train_rows": "prefixes",  # the hand computations train the last position of a row only
         **overrides,
     }
 

@@ -29,9 +29,8 @@ def hand_count_one_layer_srt(batch: dict) -> int:
     convention: the scores ``QK^T`` are recomputed), i.e. 2.5x its forward.
     """
     tokens = B * L
-    distinct = len(torch.unique(batch["item_id_list"]))  # SRT projects each distinct item once
-    tower_seq = mm(distinct, D, FEAT)
-    tower_catalog = mm(N_ITEMS, D, FEAT)  # all_item_embeddings for the CE logits
+    tower_seq = mm(N_ITEMS, D, FEAT)  # CE: the inputs are looked up in a full-catalog tower pass ...
+    tower_catalog = mm(N_ITEMS, D, FEAT)  # ... and the candidates project the catalog again
     qkv, out = mm(tokens, 3 * D, D), mm(tokens, D, D)
     ffn = mm(tokens, INNER, D) + mm(tokens, D, INNER)
     attention = 2 * mm(B * L, L, D)  # QK^T and AV, all heads, full L x L square
@@ -83,9 +82,9 @@ def test_flops_grow_with_depth_and_the_logit_matmul_with_the_catalog():
     )
     bigger_catalog = training_step_flops(make_srt(2 * N_ITEMS, FEAT, n_layers=1, projection="linear"), batch)
     assert two > one
-    # Catalog doubles: the linear tower over the catalog (fwd + weight grad) and logits (fwd + 2
-    # grads) grow.
-    assert bigger_catalog - one == 2 * mm(N_ITEMS, D, FEAT) + 3 * mm(B, N_ITEMS, D)
+    # Catalog doubles: the two linear tower passes over the catalog (inputs and candidates; fwd +
+    # weight grad each) and the logits (fwd + 2 grads) grow.
+    assert bigger_catalog - one == 2 * 2 * mm(N_ITEMS, D, FEAT) + 3 * mm(B, N_ITEMS, D)
 
 
 def _recbole_config(**overrides) -> dict:
