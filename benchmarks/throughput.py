@@ -5,7 +5,9 @@
                                                         # a small Ray Tune sweep of the srt-paper recipe
 
 Each cell trains ``--steps`` optimiser steps (after ``--warmup`` steps) through :class:`SRTTrainer`'s
-own loop on real batches and reports seconds per step and per epoch (steps x batches per epoch),
+own loss, optimiser and schedule on real batches; the cells take turns in ``--rounds`` rounds and a
+cell's time is its median round, so a shared machine's load drift hits every cell alike. It reports
+seconds per step and per epoch (steps x batches per epoch),
 sequences/s, target tokens/s and, on a GPU, model FLOPs utilisation (measured training FLOPs of a
 step / time / the device's peak). Cells differ from the first (the baseline) by one setting, so the
 ``vs baseline`` column is the cost of that setting. ``--gpu-check`` without a GPU runs a tiny CPU
@@ -22,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -60,8 +63,8 @@ def gpu_cells(tiny: bool) -> dict[str, dict]:
     return cells
 
 
-def measure(model_name: str, dataset: str, settings: dict, steps: int, warmup: int) -> dict:
-    """Train ``warmup + steps`` steps through SRTTrainer's own epoch loop; time the last ``steps``."""
+def prepare(model_name: str, dataset: str, settings: dict, n_batches: int):
+    """A cell: SRTTrainer over ``settings``, ``n_batches`` real batches and one optimiser step."""
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_seed
 
@@ -73,38 +76,55 @@ def measure(model_name: str, dataset: str, settings: dict, steps: int, warmup: i
     model = get_model(model_name)(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
     trainer.optimizer.total_steps = config["epochs"] * len(train_data)
-    batches = [b.to(config["device"]) for _, b in zip(range(warmup + steps), itertools.cycle(train_data))]
-    flops = training_step_flops(model, batches[0])
+    batches = [b.to(config["device"]) for _, b in zip(range(n_batches), itertools.cycle(train_data))]
 
     def step(batch) -> None:
         trainer.optimizer.zero_grad()
         trainer._precise_loss(batch).backward()
         trainer.optimizer.step()
 
-    for batch in batches[:warmup]:
-        step(batch)
-    if config["device"].type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for batch in batches[warmup:]:
-        step(batch)
-    if config["device"].type == "cuda":
-        torch.cuda.synchronize()
-    per_step = (time.perf_counter() - start) / steps
-    sequences = sum(len(b) for b in batches[warmup:]) / steps
-    targets = sum(int(training_targets(model, b)) for b in batches[warmup:]) / steps
-    row = {
-        "s_per_step": per_step,
-        "s_per_epoch": per_step * len(train_data),
-        "sequences_per_s": sequences / per_step,
-        "tokens_per_s": targets / per_step,
-        "train_flops_per_step": flops,
+    facts = {
+        "batches_per_epoch": len(train_data),
+        "sequences_per_step": sum(len(b) for b in batches) / len(batches),
+        "targets_per_step": sum(int(training_targets(model, b)) for b in batches) / len(batches),
+        "train_flops_per_step": training_step_flops(model, batches[0]),
         "params_non_embedding": model.num_params().non_embedding,
         "device": str(config["device"]),
+        "cuda": config["device"].type == "cuda",
     }
-    if config["device"].type == "cuda":
-        row["mfu"] = flops / per_step / PEAK_FLOPS["bf16" if settings.get("precision") == "bf16" else "fp32"]
-    return row
+    return step, batches, facts
+
+
+def measure(cells: dict[str, dict], dataset: str, steps: int, warmup: int, rounds: int) -> list[dict]:
+    """Seconds per step of every cell, the cells interleaved round by round (load drifts hit all alike)."""
+    prepared = {name: prepare("SRT", dataset, settings, warmup + steps) for name, settings in cells.items()}
+    for step, batches, _ in prepared.values():
+        for batch in batches[:warmup]:  # compilation and allocator warm-up, untimed
+            step(batch)
+    times: dict[str, list[float]] = {name: [] for name in cells}
+    per_round = max(1, steps // rounds)
+    for r in range(rounds):
+        for name, (step, batches, facts) in prepared.items():
+            chunk = batches[warmup + r * per_round : warmup + (r + 1) * per_round] or batches[warmup:]
+            if facts["cuda"]:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for batch in chunk:
+                step(batch)
+            if facts["cuda"]:
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - start) / len(chunk))
+    rows = []
+    for name, (_, _, facts) in prepared.items():
+        per_step = float(np.median(times[name]))
+        row = {"cell": name, "s_per_step": per_step, "s_per_epoch": per_step * facts["batches_per_epoch"],
+               "sequences_per_s": facts["sequences_per_step"] / per_step,
+               "tokens_per_s": facts["targets_per_step"] / per_step, **facts}  # fmt: skip
+        if facts["cuda"]:
+            peak = PEAK_FLOPS["bf16" if cells[name].get("precision") == "bf16" else "fp32"]
+            row["mfu"] = facts["train_flops_per_step"] / per_step / peak
+        rows.append(row)
+    return rows
 
 
 def sweep(out: Path, tiny: bool, dataset: str) -> dict:
@@ -131,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-check", action="store_true", help="sizes x precision x compile, then a GPU sweep")
     p.add_argument("--steps", type=int, default=20, help="timed optimiser steps per cell")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; a cell's time is its median")
     p.add_argument("--out", type=Path, default=Path("results/throughput"))
     p.add_argument("--config-dict", default="{}", help="YAML mapping of settings for every cell")
     args = p.parse_args(argv)
@@ -152,14 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cells = CPU_CELLS
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, settings in cells.items():
-        row = {"cell": name, **measure("SRT", args.dataset, {**base, **settings}, args.steps, args.warmup)}
-        rows.append(row)
-        print(
-            f"{name}: {row['s_per_step'] * 1000:.1f} ms/step, {row['sequences_per_s']:,.0f} sequences/s",
-            flush=True,
-        )
+    cells = {name: {**base, **settings} for name, settings in cells.items()}
+    rows = measure(cells, args.dataset, args.steps, args.warmup, args.rounds)
+    for row in rows:
+        print(f"{row['cell']}: {row['s_per_step'] * 1000:.1f} ms/step, {row['sequences_per_s']:,.0f} seq/s")
     table = pd.DataFrame(rows)
     table["vs baseline"] = table["s_per_step"] / table["s_per_step"].iloc[0]
     machine = {"device": rows[0]["device"], "torch": torch.__version__, "threads": torch.get_num_threads()}
