@@ -1,105 +1,164 @@
-"""Row filters over compact interaction arrays. Each takes the ``keep`` mask, clears the rows it drops
-(among those still kept) and returns how many it dropped, so drop reasons never overlap."""
+"""Row filters, run in the engine over the interned interactions (:mod:`dataset_prep.table`).
+
+:func:`stage_rows` builds table ``rows`` (user code, item code, position, time, rating) with ``stage``, the
+first filter a row fails, in the order the filters run (:data:`STAGES`; 0 when it passes them all), so
+drop reasons never overlap. :func:`duplicates` then picks, among the rows that pass, the repeats of a (user,
+item) pair to drop (table ``losers``), and :func:`k_core` iterates to the k-core of what is left (tables
+``alive_users`` and ``alive_items``). :data:`KEPT_ROWS` is the final selection.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from dataset_prep.engine import Engine
 
 DEDUP_POLICIES = ("first", "last", "all")
 MISSING_POLICIES = ("drop", "keep")  # for items without metadata / without text
+# stage k (1-based) of a row: the first of these filters it fails
+STAGES = (
+    "malformed_line",
+    "time_range",
+    "rating_threshold",
+    "missing_metadata",
+    "missing_text",
+    "excluded_user",
+)
 
 
-def drop(keep: np.ndarray, bad: np.ndarray) -> int:
-    """Clear ``keep`` where ``bad``; the number of rows newly dropped."""
-    newly = keep & bad
-    keep &= ~bad
-    return int(newly.sum())
+@dataclass
+class Criteria:
+    """What the row filters keep (None: no bound)."""
+
+    start: float | None
+    end: float | None
+    min_rating: float | None
+    drop_missing_meta: bool
+    drop_missing_text: bool
 
 
-def time_range(ts: np.ndarray, keep: np.ndarray, start: float | None, end: float | None) -> int:
-    """Keep ``start <= ts < end`` (either bound optional, seconds)."""
-    bad = np.zeros(len(ts), bool)
-    if start is not None:
-        bad |= ts < start
-    if end is not None:
-        bad |= ts >= end
-    return drop(keep, bad)
+def stage_rows(engine: Engine, criteria: Criteria) -> None:
+    """Table ``rows``: every row of ``raw`` with its codes and stage. Needs ``users`` (token, code, ok,
+    excluded) and ``items`` (token, code, ok, has_meta, has_text)."""
+    # NumPy compared the float32 ratings with the threshold rounded to float32; NaN drops nothing.
+    threshold = (
+        None if criteria.min_rating is None or math.isnan(criteria.min_rating) else criteria.min_rating
+    )
+    engine.run(
+        """CREATE TABLE rows AS SELECT u.code AS uc, i.code AS ic, raw.r, raw.ts, raw.rating,
+            (CASE WHEN NOT (u.ok AND i.ok) THEN 1
+                  WHEN raw.ts < $1 OR raw.ts >= $2 THEN 2
+                  WHEN raw.rating < $3 THEN 3
+                  WHEN $4 AND NOT i.has_meta THEN 4
+                  WHEN $5 AND i.has_meta AND NOT i.has_text THEN 5
+                  WHEN u.excluded THEN 6
+                  ELSE 0 END)::UTINYINT AS stage
+        FROM raw JOIN users u ON raw.user = u.token JOIN items i ON raw.item = i.token""",
+        [
+            criteria.start,
+            criteria.end,
+            None if threshold is None else float(np.float32(threshold)),
+            criteria.drop_missing_meta,
+            criteria.drop_missing_text,
+        ],
+    )
 
 
-def min_rating(rating: np.ndarray, keep: np.ndarray, threshold: float | None) -> int:
-    """Keep ``rating >= threshold``."""
-    return 0 if threshold is None else drop(keep, rating < threshold)
+@dataclass
+class StageSummary:
+    """Per stage the rows that fail there; the rows that pass every filter; the span of times after the
+    malformed-id filter and of ratings after the time filter (None when no row is left there)."""
+
+    dropped: dict[str, int]
+    passed: int
+    times: tuple[float, float] | None
+    ratings: tuple[float, float] | None
+
+    def left_after(self, stage: str) -> int:
+        """Rows still kept after the filter ``stage``."""
+        later = STAGES[STAGES.index(stage) + 1 :]
+        return self.passed + sum(self.dropped[s] for s in later)
 
 
-def by_code(codes: np.ndarray, keep: np.ndarray, bad_codes: np.ndarray) -> int:
-    """Drop rows whose code is flagged in the boolean array ``bad_codes``."""
-    return drop(keep, bad_codes[codes])
+def summarise(engine: Engine) -> StageSummary:
+    """Counts and spans of table ``rows`` in one pass."""
+    counts = ", ".join(f"count(*) FILTER (WHERE stage = {k})" for k in range(1, len(STAGES) + 1))
+    row = engine.one(
+        f"""SELECT {counts}, count(*) FILTER (WHERE stage = 0),
+            min(ts) FILTER (WHERE stage <> 1), max(ts) FILTER (WHERE stage <> 1),
+            min(rating) FILTER (WHERE stage NOT IN (1, 2)), max(rating) FILTER (WHERE stage NOT IN (1, 2))
+        FROM rows"""
+    )
+    n = len(STAGES)
+    return StageSummary(
+        dropped=dict(zip(STAGES, row[:n], strict=True)),
+        passed=row[n],
+        times=None if row[n + 1] is None else (row[n + 1], row[n + 2]),
+        ratings=None if row[n + 3] is None else (row[n + 3], row[n + 4]),
+    )
 
 
-def user_time_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Row indices sorted by (user, time); equal times keep input order.
-
-    One stable sort of a packed int64 key ``user << bits | ticks`` when the times are whole seconds or
-    milliseconds and fit beside the user code (always for real Amazon data), else two stable sorts."""
-    if len(ts) and len(user):
-        user_bits = int(user.max()).bit_length()
-        # Whole seconds exactly, or milliseconds up to the float error of ms / 1000 (far below 1 us).
-        for per_second, tolerance in ((1, 0.0), (1000, 1e-3)):
-            ticks = ts * per_second
-            ticks -= ticks.min()
-            whole = np.round(ticks)
-            span = whole.max()
-            if not span < 2.0**62:  # also catches inf
-                continue
-            ticks -= whole  # in place: the rounding error
-            shift = int(span).bit_length()
-            if user_bits + shift <= 63 and np.abs(ticks, out=ticks).max() <= tolerance:
-                del ticks
-                key = user.astype(np.int64)
-                key <<= shift
-                key |= whole.astype(np.int64)
-                del whole
-                return np.argsort(key, kind="stable")
-    by_time = np.argsort(ts, kind="stable")
-    return by_time[np.argsort(user[by_time], kind="stable")]
-
-
-def duplicates(user: np.ndarray, item: np.ndarray, keep: np.ndarray, order: np.ndarray, policy: str) -> int:
-    """Keep one row per (user, item): the earliest (``first``) or latest (``last``) by time, ties by
-    input order; ``all`` keeps repeats. ``order`` is :func:`user_time_order`."""
+def duplicates(engine: Engine, policy: str) -> int:
+    """Table ``losers``: the positions of the rows that pass every filter but repeat a (user, item) pair;
+    ``first`` keeps the earliest of a pair, ``last`` the latest (equal times: input order), ``all`` none."""
     if policy == "all":
+        engine.run("CREATE TABLE losers (r BIGINT)")
         return 0
-    rows = order[keep[order]].astype(np.int32 if len(keep) < 2**31 else np.int64)
-    if not len(rows):
-        return 0
-    pair = user[rows].astype(np.int64)
-    pair <<= 32
-    pair |= item[rows]
-    by_pair = np.argsort(pair, kind="stable")  # groups the pairs, each group in time order
-    pair = pair[by_pair]
-    change = pair[1:] != pair[:-1]
-    del pair
-    chosen = np.r_[True, change] if policy == "first" else np.r_[change, True]
-    bad = np.zeros(len(keep), bool)
-    bad[rows[by_pair[~chosen]]] = True
-    return drop(keep, bad)
+    way = "ASC" if policy == "first" else "DESC"
+    engine.run(
+        f"""CREATE TABLE losers AS SELECT r FROM (
+            SELECT r, row_number() OVER (PARTITION BY uc, ic ORDER BY ts {way}, r {way}) AS nth
+            FROM rows SEMI JOIN (
+                SELECT uc, ic FROM rows WHERE stage = 0 GROUP BY uc, ic HAVING count(*) > 1
+            ) repeated USING (uc, ic)
+            WHERE stage = 0
+        ) WHERE nth > 1"""
+    )
+    return engine.one("SELECT count(*) FROM losers")[0]
 
 
-def k_core(
-    user: np.ndarray,
-    item: np.ndarray,
-    keep: np.ndarray,
-    sizes: tuple[int, int],
-    min_user: int,
-    min_item: int,
-) -> int:
-    """Iteratively drop users with fewer than ``min_user`` and items with fewer than ``min_item`` rows
-    (``sizes`` = number of user codes, number of item codes)."""
-    dropped = 0
-    while True:
-        users, items = user[keep], item[keep]
-        few_users = np.bincount(users, minlength=sizes[0]) < min_user
-        few_items = np.bincount(items, minlength=sizes[1]) < min_item
-        if not (few_users[users].any() or few_items[items].any()):
-            return dropped
-        dropped += drop(keep, few_users[user] | few_items[item])
+def k_core(engine: Engine, min_user: int, min_item: int) -> tuple[int, tuple[int, int]]:
+    """Iteratively drop users with fewer than ``min_user`` and items with fewer than ``min_item`` of the rows
+    left after :func:`duplicates`; tables ``alive_users`` (uc) and ``alive_items`` (ic) hold what stays.
+    Returns the rows dropped and, from before the k-core, the most rows of one user and of one item."""
+    engine.run("CREATE TABLE edges AS SELECT uc, ic FROM rows ANTI JOIN losers USING (r) WHERE stage = 0")
+    before, most_user, most_item = engine.one(
+        """SELECT (SELECT count(*) FROM edges),
+            (SELECT max(n) FROM (SELECT count(*) AS n FROM edges GROUP BY uc)),
+            (SELECT max(n) FROM (SELECT count(*) AS n FROM edges GROUP BY ic))"""
+    )
+    after = before
+    if min_user > 1 or min_item > 1:  # every user and item of an edge has one at least
+        while True:
+            engine.run(
+                f"""CREATE OR REPLACE TABLE few_users AS
+                    SELECT uc FROM edges GROUP BY uc HAVING count(*) < {min_user};
+                CREATE OR REPLACE TABLE few_items AS
+                    SELECT ic FROM edges GROUP BY ic HAVING count(*) < {min_item}"""
+            )
+            if not engine.one("SELECT (SELECT count(*) FROM few_users) + (SELECT count(*) FROM few_items)")[
+                0
+            ]:
+                break
+            engine.run(
+                """CREATE OR REPLACE TABLE edges AS
+                SELECT * FROM edges ANTI JOIN few_users USING (uc) ANTI JOIN few_items USING (ic)"""
+            )
+            after = engine.one("SELECT count(*) FROM edges")[0]
+    engine.run(
+        """CREATE TABLE alive_users AS SELECT DISTINCT uc FROM edges;
+        CREATE TABLE alive_items AS SELECT DISTINCT ic FROM edges;
+        DROP TABLE edges"""
+    )
+    return before - after, (most_user or 0, most_item or 0)
+
+
+# The rows that every filter keeps, in output order: by user code, then time, then input position.
+KEPT_ROWS = """SELECT uc, ic, rating, ts FROM rows ANTI JOIN losers USING (r)
+    WHERE stage = 0 AND uc IN (SELECT uc FROM alive_users) AND ic IN (SELECT ic FROM alive_items)
+    ORDER BY uc, ts, r"""

@@ -38,10 +38,15 @@ CATEGORIES_2023 = (
 
 @dataclass(frozen=True)
 class Source:
-    """One kind of interaction file of a release: its path template and record layout."""
+    """One kind of interaction file of a release: its path template, record layout and name on disk."""
 
     path: str  # relative to the release base URL; "{cat}" is the category
     layout: formats.CsvLayout | formats.JsonLayout
+    local: str | None = None  # the file's name on disk, when not the published one ("{cat}" as in path)
+
+    def file(self, category: str) -> str:
+        """The file's name on disk (as ``download`` saves it and ``convert`` looks for it)."""
+        return (self.local or file_name(self.path)).format(cat=category)
 
 
 @dataclass(frozen=True)
@@ -109,9 +114,19 @@ class Entry:
         return self.release.sources[self.source].path.format(cat=self.category)
 
     @property
+    def interactions_file(self) -> str:
+        """Name of the interaction file on disk."""
+        return self.release.sources[self.source].file(self.category)
+
+    @property
     def meta_path(self) -> str:
         """Path of the metadata file relative to the release base URL."""
         return self.release.meta_path.format(cat=self.category)
+
+    @property
+    def meta_file(self) -> str:
+        """Name of the metadata file on disk (its published name)."""
+        return file_name(self.meta_path)
 
     @property
     def layout(self) -> formats.CsvLayout | formats.JsonLayout:
@@ -176,15 +191,17 @@ def parse_entry(spec: str, default_release: str | None, default_source: str | No
 
 
 def table(release_names: list[str] | None = None, urls: bool = False) -> str:
-    """All categories as a plain-text table (one row per release and category)."""
-    header = ["release", "category", "sources (file)", "metadata"]
+    """All categories as a plain-text table (one row per release and category): each source with its file
+    name on disk, and the metadata file; full URLs instead with ``urls``."""
+    header = ["release", "category", "sources (file)" if not urls else "sources (URL)", "metadata"]
     rows = []
     for release in RELEASES.values():
         if release_names and release.name not in release_names:
             continue
         for cat in release.categories:
             sources = ", ".join(
-                f"{name} ({file_name(src.path.format(cat=cat))})" for name, src in release.sources.items()
+                f"{name} ({release.base_url + src.path.format(cat=cat) if urls else src.file(cat)})"
+                for name, src in release.sources.items()
             )
             meta = release.meta_path.format(cat=cat)
             rows.append([release.name, cat, sources, release.base_url + meta if urls else file_name(meta)])
