@@ -102,6 +102,8 @@ def read_interactions(path: Path, layout: Layout, stats: FileStats) -> Iterator[
     blocks = LineBlocks(path, progress=path.name)
     fast, slow = (_csv_fast, _csv_line) if isinstance(layout, CsvLayout) else (_json_fast, _json_line)
     for block in blocks:
+        if block.first_line == 1:
+            block = _without_header(block, layout)
         chunk = fast(block, layout)
         if chunk is not None:
             n = len(chunk.rating)
@@ -115,6 +117,23 @@ def read_interactions(path: Path, layout: Layout, stats: FileStats) -> Iterator[
             break
     stats.finish(blocks)
     stats.check_usable("interaction")
+
+
+def _is_header(line: str, layout: Layout | MetaLayout) -> bool:
+    """True when ``line`` is the header line of a CSV layout that has one."""
+    return (
+        isinstance(layout, CsvLayout)
+        and layout.header is not None
+        and line.rstrip("\r\n") == ",".join(layout.header)
+    )
+
+
+def _without_header(block: Block, layout: Layout) -> Block:
+    """The first block of a file without its header line (if the layout has one and the file starts so)."""
+    cut = block.data.find(b"\n") + 1
+    if _is_header(block.data[:cut].decode("utf-8", errors="replace"), layout):
+        return Block(block.data[cut:], block.first_line + 1)
+    return block
 
 
 def _slow_block(block: Block, layout: Layout, parse_line: Callable, stats: FileStats) -> Chunk:
@@ -328,7 +347,7 @@ def check_first_lines(path: Path, layout: Layout | MetaLayout, count: int = 5) -
     for block in LineBlocks(path, block_size=1 << 16):
         for number, raw in enumerate(block.data.splitlines(), start=block.first_line):
             line = raw.decode("utf-8", errors="replace")
-            if not line.strip():
+            if not line.strip() or (number == 1 and _is_header(line, layout)):
                 continue
             if line.lstrip("\ufeff \t").startswith("<"):
                 raise PrepError(f"is an HTML page, not a data file (starts {line.strip()[:60]!r})", path)

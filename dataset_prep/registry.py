@@ -1,4 +1,12 @@
-"""Every category of the 2014, 2018 and 2023 Amazon releases: file names, URLs and record layouts."""
+"""Every category of the 2014, 2018 and 2023 Amazon releases: file names, URLs and record layouts.
+
+Interaction sources: 2014 ``ratings`` (the ratings CSV), ``5core`` and ``reviews`` (the full review file);
+2018 ``ratings``, ``5core`` and ``reviews``; 2023 ``reviews`` (the raw review file) and the rating-only
+benchmark CSVs ``ratings`` (0-core: every rating, repeats removed) and ``5core``. A file keeps its published
+name on disk, except where two sources publish the same name (the 2023 benchmark's
+``0core/rating_only/<Cat>.csv.gz`` and ``5core/rating_only/<Cat>.csv.gz``): those are saved and looked for as
+``<Cat>.0core.csv.gz`` and ``<Cat>.5core.csv.gz``.
+"""
 
 from __future__ import annotations
 
@@ -70,6 +78,7 @@ RELEASES: dict[str, Release] = {
         sources={
             "ratings": Source("ratings_{cat}.csv", formats.RATINGS_2014),
             "5core": Source("reviews_{cat}_5.json.gz", formats.REVIEWS_2014_2018),
+            "reviews": Source("reviews_{cat}.json.gz", formats.REVIEWS_2014_2018),
         },
         default_source="ratings",
         meta_path="meta_{cat}.json.gz",
@@ -90,11 +99,19 @@ RELEASES: dict[str, Release] = {
     ),
     "2023": Release(
         name="2023",
-        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/raw/",
+        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/",
         categories=CATEGORIES_2023,
-        sources={"reviews": Source("review_categories/{cat}.jsonl.gz", formats.REVIEWS_2023)},
+        sources={
+            "reviews": Source("raw/review_categories/{cat}.jsonl.gz", formats.REVIEWS_2023),
+            "ratings": Source(
+                "benchmark/0core/rating_only/{cat}.csv.gz", formats.RATINGS_2023, local="{cat}.0core.csv.gz"
+            ),
+            "5core": Source(
+                "benchmark/5core/rating_only/{cat}.csv.gz", formats.RATINGS_2023, local="{cat}.5core.csv.gz"
+            ),
+        },
         default_source="reviews",
-        meta_path="meta_categories/meta_{cat}.jsonl.gz",
+        meta_path="raw/meta_categories/meta_{cat}.jsonl.gz",
         meta_layout=formats.META_2023,
     ),
 }

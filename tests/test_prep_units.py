@@ -102,8 +102,14 @@ def test_registry() -> None:
     assert entry.layout.item_col == 0  # 2018 CSV is item-first
     assert registry.parse_entry("2014:Beauty", None, None).layout.item_col == 1
     e23 = registry.parse_entry("2023:Unknown", None, None)
-    assert e23.interactions_path == "review_categories/Unknown.jsonl.gz" and e23.layout.time_divisor == 1000
+    assert (
+        e23.interactions_path == "raw/review_categories/Unknown.jsonl.gz" and e23.layout.time_divisor == 1000
+    )
     assert e23.interactions_file == "Unknown.jsonl.gz" and e23.meta_file == "meta_Unknown.jsonl.gz"
+    bench = registry.parse_entry("2023:All_Beauty:5core", None, None)
+    assert bench.interactions_path == "benchmark/5core/rating_only/All_Beauty.csv.gz"
+    assert bench.interactions_file == "All_Beauty.5core.csv.gz" and bench.layout.header[1] == "parent_asin"
+    assert registry.parse_entry("2014:Books:reviews", None, None).interactions_file == "reviews_Books.json.gz"
     with pytest.raises(PrepError, match="did you mean 'Video_Games'"):
         registry.parse_entry("Video_Game", "2023", None)
     with pytest.raises(PrepError, match="needs a release"):
