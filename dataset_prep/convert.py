@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +64,7 @@ WRITE_BATCH = 1 << 20
 SWAP_MIN_SHARE = 0.1
 SWAP_RATIO = 4.0
 ENGINE_OPTIONS = ("memory_limit", "temp_dir")  # how the engine runs: no part of the output
+_CODES = {"users": "uc", "items": "ic"}  # the code column of each in table rows
 
 
 @dataclass
@@ -215,10 +217,21 @@ def _convert(
         _warn_about(stats, report)
         input_stats.append({"entry": entry.label, **asdict(stats), "timestamps": times.record(dropped)})
     inter.intern()
-
-    meta_records = _read_metadata(files, inter, multi_release, opts, report)
-    _check_columns(files, segments, inter)
     _read_exclusions(opts.exclude_users_of, engine)
+    criteria = filters.Criteria(
+        opts.start, opts.end, opts.min_rating, opts.missing_meta == "drop", opts.missing_text == "drop"
+    )
+    # The codes join and the search for repeats run in the engine while the metadata is read (in Python).
+    staging_rows = engine.start(filters.stage_rows(criteria, opts.dedup))
+    try:
+        meta_records = _read_metadata(files, inter, multi_release, opts, report)
+    finally:
+        wait([staging_rows])  # also when the metadata fails: that error is the one to report
+    staging_rows.result()
+    _flag_items(engine, meta_records)
+    _check_columns(files, segments, inter)
+    filters.apply_metadata(engine, criteria)
+    engine.run("DROP TABLE raw")
     counts = _filter(engine, input_stats, opts, report)
     write_tsv(stage.path(f"{opts.name}.inter"), INTER_HEADER, _inter_batches(inter))
     _write_items(stage.path(f"{opts.name}.item"), engine)
@@ -253,11 +266,6 @@ def _filter(engine: Engine, input_stats: list[dict], opts: ConvertOptions, repor
     """Apply every filter in order, counting drops in ``report``; the rows kept and user/item counts.
     A filter that leaves no row stops the conversion with a message naming it."""
     drops = report.dropped
-    criteria = filters.Criteria(
-        opts.start, opts.end, opts.min_rating, opts.missing_meta == "drop", opts.missing_text == "drop"
-    )
-    filters.stage_rows(engine, criteria)
-    engine.run("DROP TABLE raw")
     summary = filters.summarise(engine)
 
     def check(left: int, cause: Callable[[], str]) -> None:
@@ -297,14 +305,19 @@ def _filter(engine: Engine, input_stats: list[dict], opts: ConvertOptions, repor
             f"popular item {most[1]}; lower the thresholds or add data)"
         ),
     )
+    # Users and items seen: those of a row with usable ids (every one when no id is unusable).
+    seen = {"users": "", "items": ""}
+    if summary.dropped["malformed_line"]:
+        seen = {
+            t: f"WHERE code IN (SELECT DISTINCT {c} FROM rows WHERE stage <> 1)" for t, c in _CODES.items()
+        }
     users_before, users_excluded, users_after = engine.one(
-        """SELECT count(*), count(*) FILTER (WHERE excluded), count(*) FILTER (WHERE code IN (SELECT uc FROM
-        alive_users)) FROM users WHERE code IN (SELECT DISTINCT uc FROM rows WHERE stage <> 1)"""
+        f"""SELECT count(*), count(*) FILTER (WHERE excluded),
+            count(*) FILTER (WHERE code IN (SELECT uc FROM alive_users)) FROM users {seen["users"]}"""
     )
     items_before, items_missing_meta, items_missing_text, items_after = engine.one(
-        """SELECT count(*), count(*) FILTER (WHERE NOT has_meta), count(*) FILTER (WHERE has_meta AND NOT
-        has_text), count(*) FILTER (WHERE code IN (SELECT ic FROM alive_items))
-        FROM items WHERE code IN (SELECT DISTINCT ic FROM rows WHERE stage <> 1)"""
+        f"""SELECT count(*), count(*) FILTER (WHERE NOT has_meta), count(*) FILTER (WHERE has_meta AND NOT
+        has_text), count(*) FILTER (WHERE code IN (SELECT ic FROM alive_items)) FROM items {seen["items"]}"""
     )
     return {
         "kept": kept,
@@ -419,8 +432,7 @@ def _read_metadata(
     report: Report,
 ) -> list[dict]:
     """Stream every metadata file into table ``meta`` (each record of an item seen; text cleaned) and record
-    the keys of the other records in ``meta_keys`` (the swapped-columns check); then give ``items`` the flags
-    of its first record: ``meta_seq``, ``has_meta``, ``has_text``. Each file's counts."""
+    the keys of the other records in ``meta_keys`` (the swapped-columns check). Each file's counts."""
     engine = inter.engine
     engine.run(
         """CREATE TABLE meta (seq BIGINT, file INTEGER, token VARCHAR, title VARCHAR, brand VARCHAR,
@@ -455,6 +467,12 @@ def _read_metadata(
         records.append({"entry": entry.label, **asdict(stats)})
     meta.flush()
     other_keys.flush()
+    return records
+
+
+def _flag_items(engine: Engine, records: list[dict]) -> None:
+    """Give ``items`` the flags of its first metadata record (``meta_seq``, ``has_meta``, ``has_text``) and
+    each metadata file's record its ``duplicate_records`` (records of an item that has an earlier one)."""
     engine.run(
         """CREATE TABLE meta_first AS SELECT token, min(seq) AS seq, arg_min(has_text, seq) AS has_text
             FROM meta SEMI JOIN items USING (token) GROUP BY token;
@@ -469,7 +487,6 @@ def _read_metadata(
     )
     for index, record in enumerate(records):
         record["duplicate_records"] = repeats.get(index, 0)
-    return records
 
 
 def _read_exclusions(paths: list[Path], engine: Engine) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +23,7 @@ from dataset_prep.errors import PrepError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-MEMORY_LIMIT = "2GB"
+MEMORY_LIMIT = "1GB"
 _SIZE = re.compile(r"\d+(\.\d+)?\s*(B|[KMGT]i?B)", re.IGNORECASE)
 
 
@@ -60,11 +61,13 @@ class Engine:
         except duckdb.Error as err:
             self._folder.cleanup()
             raise PrepError(f"--memory-limit {memory_limit!r}: {_first_line(err)}") from None
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="engine")
 
     def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self._background.shutdown(wait=True)
         self.con.close()
         self._folder.cleanup()
 
@@ -72,6 +75,22 @@ class Engine:
         """Execute one or more statements (no result)."""
         with self._translated():
             self.con.execute(sql, list(params) or None)
+
+    def start(self, statements: Sequence[tuple[str, Sequence[object]]]) -> Future[None]:
+        """Execute ``(sql, parameters)`` statements in order, in the background, on a cursor of their own
+        (DuckDB releases the GIL while it works); ``result()`` of the future waits for them and raises what
+        they raised."""
+
+        def work() -> None:
+            cursor = self.con.cursor()
+            try:
+                with self._translated():
+                    for sql, params in statements:
+                        cursor.execute(sql, list(params) or None)
+            finally:
+                cursor.close()
+
+        return self._background.submit(work)
 
     def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         """All rows of a query."""

@@ -2,9 +2,10 @@
 
 :func:`stage_rows` builds table ``rows`` (user code, item code, position, time, rating) with ``stage``, the
 first filter a row fails, in the order the filters run (:data:`STAGES`; 0 when it passes them all), so
-drop reasons never overlap. :func:`duplicates` then picks, among the rows that pass, the repeats of a (user,
-item) pair to drop (table ``losers``), and :func:`k_core` iterates to the k-core of what is left (tables
-``alive_users`` and ``alive_items``). :data:`KEPT_ROWS` is the final selection.
+drop reasons never overlap; :func:`apply_metadata` adds the metadata stages once the metadata is read.
+:func:`duplicates` then marks, among the rows that pass, the repeats of a (user, item) pair, and
+:func:`k_core` iterates to the k-core of what is left (tables ``alive_users`` and ``alive_items``) and marks
+the rows outside it. :data:`KEPT_ROWS` is the final selection: the rows still at stage 0.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 DEDUP_POLICIES = ("first", "last", "all")
 MISSING_POLICIES = ("drop", "keep")  # for items without metadata / without text
-# stage k (1-based) of a row: the first of these filters it fails
+# stage k (1-based) of a row: the first of these filters it fails; then the repeats and the k-core
 STAGES = (
     "malformed_line",
     "time_range",
@@ -29,6 +30,7 @@ STAGES = (
     "missing_text",
     "excluded_user",
 )
+DUPLICATE, K_CORE = len(STAGES) + 1, len(STAGES) + 2
 
 
 @dataclass
@@ -42,31 +44,49 @@ class Criteria:
     drop_missing_text: bool
 
 
-def stage_rows(engine: Engine, criteria: Criteria) -> None:
-    """Table ``rows``: every row of ``raw`` with its codes and stage. Needs ``users`` (token, code, ok,
-    excluded) and ``items`` (token, code, ok, has_meta, has_text)."""
+def stage_rows(criteria: Criteria, dedup: str) -> list[tuple[str, list[object]]]:
+    """The statements (and their parameters) that build table ``rows``, every row of ``raw`` with its codes
+    and its stage but for the metadata stages (:func:`apply_metadata`), and table ``losers`` (see
+    :func:`duplicates`). Needs ``users`` (token, code, ok, excluded) and ``items`` (token, code, ok); they
+    run while the metadata is read. The repeats can be found before the metadata stages are known, because
+    those stages, like the excluded-user stage, hold for every row of an item (or user), so for every row
+    of a (user, item) pair alike."""
     # NumPy compared the float32 ratings with the threshold rounded to float32; NaN drops nothing.
     threshold = (
         None if criteria.min_rating is None or math.isnan(criteria.min_rating) else criteria.min_rating
     )
-    engine.run(
-        """CREATE TABLE rows AS SELECT u.code AS uc, i.code AS ic, raw.r, raw.ts, raw.rating,
+    sql = """CREATE TABLE rows AS SELECT u.code AS uc, i.code AS ic, raw.r, raw.ts, raw.rating,
             (CASE WHEN NOT (u.ok AND i.ok) THEN 1
                   WHEN raw.ts < $1 OR raw.ts >= $2 THEN 2
                   WHEN raw.rating < $3 THEN 3
-                  WHEN $4 AND NOT i.has_meta THEN 4
-                  WHEN $5 AND i.has_meta AND NOT i.has_text THEN 5
                   WHEN u.excluded THEN 6
                   ELSE 0 END)::UTINYINT AS stage
-        FROM raw JOIN users u ON raw.user = u.token JOIN items i ON raw.item = i.token""",
-        [
-            criteria.start,
-            criteria.end,
-            None if threshold is None else float(np.float32(threshold)),
-            criteria.drop_missing_meta,
-            criteria.drop_missing_text,
-        ],
-    )
+        FROM raw JOIN users u ON raw.user = u.token JOIN items i ON raw.item = i.token"""
+    bounds = [criteria.start, criteria.end, None if threshold is None else float(np.float32(threshold))]
+    statements = [(sql, bounds)]
+    if dedup != "all":
+        way = "ASC" if dedup == "first" else "DESC"
+        losers = f"""CREATE TABLE losers AS SELECT r FROM (
+            SELECT r, row_number() OVER (PARTITION BY uc, ic ORDER BY ts {way}, r {way}) AS nth
+            FROM rows SEMI JOIN (
+                SELECT uc, ic FROM rows WHERE stage IN (0, 6) GROUP BY uc, ic HAVING count(*) > 1
+            ) repeated USING (uc, ic)
+            WHERE stage IN (0, 6)
+        ) WHERE nth > 1"""
+        statements.append((losers, []))
+    return statements
+
+
+def apply_metadata(engine: Engine, criteria: Criteria) -> None:
+    """Give the rows of items without metadata (or without text) their stage, where the policy drops them:
+    before the excluded-user stage, after the others. Needs ``items`` with ``has_meta`` and ``has_text``."""
+    if criteria.drop_missing_meta or criteria.drop_missing_text:
+        engine.run(
+            """UPDATE rows SET stage = CASE WHEN i.has_meta THEN 5 ELSE 4 END FROM items i
+            WHERE rows.ic = i.code AND rows.stage IN (0, 6)
+                AND ((NOT i.has_meta AND $1) OR (i.has_meta AND NOT i.has_text AND $2))""",
+            [criteria.drop_missing_meta, criteria.drop_missing_text],
+        )
 
 
 @dataclass
@@ -103,62 +123,55 @@ def summarise(engine: Engine) -> StageSummary:
     )
 
 
-def duplicates(engine: Engine, policy: str) -> int:
-    """Table ``losers``: the positions of the rows that pass every filter but repeat a (user, item) pair;
-    ``first`` keeps the earliest of a pair, ``last`` the latest (equal times: input order), ``all`` none."""
-    if policy == "all":
-        engine.run("CREATE TABLE losers (r BIGINT)")
+def duplicates(engine: Engine, dedup: str) -> int:
+    """Mark with stage :data:`DUPLICATE` the rows that pass every filter but repeat a (user, item) pair (table
+    ``losers``): ``first`` keeps the earliest of a pair, ``last`` the latest (equal times: input order),
+    ``all`` every row. The number marked."""
+    if dedup == "all":
         return 0
-    way = "ASC" if policy == "first" else "DESC"
-    engine.run(
-        f"""CREATE TABLE losers AS SELECT r FROM (
-            SELECT r, row_number() OVER (PARTITION BY uc, ic ORDER BY ts {way}, r {way}) AS nth
-            FROM rows SEMI JOIN (
-                SELECT uc, ic FROM rows WHERE stage = 0 GROUP BY uc, ic HAVING count(*) > 1
-            ) repeated USING (uc, ic)
-            WHERE stage = 0
-        ) WHERE nth > 1"""
-    )
-    return engine.one("SELECT count(*) FROM losers")[0]
+    return engine.one(
+        f"UPDATE rows SET stage = {DUPLICATE} FROM losers WHERE rows.r = losers.r AND rows.stage = 0"
+    )[0]
 
 
 def k_core(engine: Engine, min_user: int, min_item: int) -> tuple[int, tuple[int, int]]:
     """Iteratively drop users with fewer than ``min_user`` and items with fewer than ``min_item`` of the rows
-    left after :func:`duplicates`; tables ``alive_users`` (uc) and ``alive_items`` (ic) hold what stays.
-    Returns the rows dropped and, from before the k-core, the most rows of one user and of one item."""
-    engine.run("CREATE TABLE edges AS SELECT uc, ic FROM rows ANTI JOIN losers USING (r) WHERE stage = 0")
-    before, most_user, most_item = engine.one(
-        """SELECT (SELECT count(*) FROM edges),
-            (SELECT max(n) FROM (SELECT count(*) AS n FROM edges GROUP BY uc)),
-            (SELECT max(n) FROM (SELECT count(*) AS n FROM edges GROUP BY ic))"""
-    )
-    after = before
-    if min_user > 1 or min_item > 1:  # every user and item of an edge has one at least
-        while True:
-            engine.run(
-                f"""CREATE OR REPLACE TABLE few_users AS
-                    SELECT uc FROM edges GROUP BY uc HAVING count(*) < {min_user};
-                CREATE OR REPLACE TABLE few_items AS
-                    SELECT ic FROM edges GROUP BY ic HAVING count(*) < {min_item}"""
-            )
-            if not engine.one("SELECT (SELECT count(*) FROM few_users) + (SELECT count(*) FROM few_items)")[
-                0
-            ]:
-                break
-            engine.run(
-                """CREATE OR REPLACE TABLE edges AS
-                SELECT * FROM edges ANTI JOIN few_users USING (uc) ANTI JOIN few_items USING (ic)"""
-            )
-            after = engine.one("SELECT count(*) FROM edges")[0]
+    left after :func:`duplicates`, and mark their rows with stage :data:`K_CORE`; tables ``alive_users``
+    (uc, n) and ``alive_items`` (ic, n) hold what stays, with its number of rows. Returns the rows dropped
+    and, from before the k-core, the most rows of one user and of one item. Each round joins only with the
+    (small) sets of users and items it drops."""
+    count = """CREATE OR REPLACE TABLE alive_users AS SELECT uc, count(*) AS n FROM edges GROUP BY uc;
+        CREATE OR REPLACE TABLE alive_items AS SELECT ic, count(*) AS n FROM edges GROUP BY ic"""
     engine.run(
-        """CREATE TABLE alive_users AS SELECT DISTINCT uc FROM edges;
-        CREATE TABLE alive_items AS SELECT DISTINCT ic FROM edges;
-        DROP TABLE edges"""
+        f"""CREATE TABLE edges AS SELECT uc, ic FROM rows WHERE stage = 0; {count};
+        CREATE TABLE dead_users (uc INTEGER); CREATE TABLE dead_items (ic INTEGER)"""
     )
-    return before - after, (most_user or 0, most_item or 0)
+    before, most_user, most_item = engine.one(
+        """SELECT (SELECT sum(n) FROM alive_users), (SELECT max(n) FROM alive_users),
+            (SELECT max(n) FROM alive_items)"""
+    )
+    while True:
+        engine.run(
+            f"""CREATE OR REPLACE TABLE few_users AS SELECT uc FROM alive_users WHERE n < {min_user};
+            CREATE OR REPLACE TABLE few_items AS SELECT ic FROM alive_items WHERE n < {min_item}"""
+        )
+        if not engine.one("SELECT (SELECT count(*) FROM few_users) + (SELECT count(*) FROM few_items)")[0]:
+            break
+        engine.run(
+            f"""INSERT INTO dead_users SELECT uc FROM few_users;
+            INSERT INTO dead_items SELECT ic FROM few_items;
+            CREATE OR REPLACE TABLE edges AS
+                SELECT * FROM edges ANTI JOIN few_users USING (uc) ANTI JOIN few_items USING (ic); {count}"""
+        )
+    dropped = (before or 0) - (engine.one("SELECT sum(n) FROM alive_users")[0] or 0)
+    if dropped:
+        engine.run(
+            f"""UPDATE rows SET stage = {K_CORE} WHERE stage = 0
+            AND (uc IN (SELECT uc FROM dead_users) OR ic IN (SELECT ic FROM dead_items))"""
+        )
+    engine.run("DROP TABLE edges; DROP TABLE few_users; DROP TABLE few_items")
+    return dropped, (most_user or 0, most_item or 0)
 
 
 # The rows that every filter keeps, in output order: by user code, then time, then input position.
-KEPT_ROWS = """SELECT uc, ic, rating, ts FROM rows ANTI JOIN losers USING (r)
-    WHERE stage = 0 AND uc IN (SELECT uc FROM alive_users) AND ic IN (SELECT ic FROM alive_items)
-    ORDER BY uc, ts, r"""
+KEPT_ROWS = "SELECT uc, ic, rating, ts FROM rows WHERE stage = 0 ORDER BY uc, ts, r"

@@ -30,6 +30,9 @@ from dataset_prep.streams import Block, LineBlocks
 from dataset_prep.text import clean_text, join_categories
 
 MAX_EXAMPLES = 5
+# Interaction files are parsed in blocks of this size; a few are in flight at once (read ahead, parsed, being
+# stored), which is most of what the converter holds outside the engine.
+INTERACTION_BLOCK = 16 << 20
 Layout = CsvLayout | JsonLayout
 
 
@@ -99,7 +102,7 @@ class Chunk:
 
 def read_interactions(path: Path, layout: Layout, stats: FileStats) -> Iterator[Chunk]:
     """Stream the interaction file at ``path``; fills ``stats``; raises if nothing is readable."""
-    blocks = LineBlocks(path, progress=path.name)
+    blocks = LineBlocks(path, block_size=INTERACTION_BLOCK, progress=path.name)
     fast, slow = (_csv_fast, _csv_line) if isinstance(layout, CsvLayout) else (_json_fast, _json_line)
     for block in blocks:
         if block.first_line == 1:

@@ -131,6 +131,8 @@ def filtered(
     criteria: filters.Criteria | None = None,
     dedup: str = "all",
     k: tuple[int, int] = (0, 0),
+    excluded: tuple[str, ...] = (),
+    without_meta: tuple[str, ...] = (),
 ) -> list[tuple[int, float]]:
     """Run the filters on ``rows`` (user, item, rating, time); the kept rows as (input position, time), in
     output order."""
@@ -141,10 +143,13 @@ def filtered(
     inter.add(chunk.where(np.zeros(len(rows), bool)))  # an empty chunk changes nothing
     inter.intern()
     engine.run(
-        """CREATE OR REPLACE TABLE users AS SELECT *, false AS excluded FROM users;
-        CREATE OR REPLACE TABLE items AS SELECT *, true AS has_meta, true AS has_text FROM items"""
+        f"""CREATE OR REPLACE TABLE users AS SELECT *, token IN {(*excluded, "")} AS excluded FROM users;
+        CREATE OR REPLACE TABLE items AS SELECT *, token NOT IN {(*without_meta, "")} AS has_meta,
+            true AS has_text FROM items"""
     )
-    filters.stage_rows(engine, criteria or filters.Criteria(None, None, None, False, False))
+    criteria = criteria or filters.Criteria(None, None, None, False, False)
+    engine.start(filters.stage_rows(criteria, dedup)).result()
+    filters.apply_metadata(engine, criteria)
     filters.duplicates(engine, dedup)
     filters.k_core(engine, *k)
     users_by_code = [u for u, _ in engine.rows("SELECT token, code FROM users ORDER BY code")]
@@ -214,7 +219,7 @@ def test_filters_time_range_and_duplicate_ties(engine: Engine) -> None:
     rows += [("u1", "i1", 5.0, 3.0), ("u2", "i2", 5.0, 4.0)]
     assert filtered(engine, rows, dedup="first") == [(2, 1.0), (0, 5.0), (3, 2.0), (4, 3.0), (5, 4.0)]
     summary = filters.summarise(engine)
-    assert summary.passed == 6 and summary.times == (1.0, 5.0) and summary.ratings == (5.0, 5.0)
+    assert summary.times == (1.0, 5.0) and summary.ratings == (5.0, 5.0)
 
 
 def test_time_range_keeps_start_drops_end(engine: Engine) -> None:
@@ -231,3 +236,16 @@ def test_ids_that_cannot_be_recbole_tokens(engine: Engine) -> None:
     ok = dict(engine.rows("SELECT token, ok FROM users"))
     assert ok == {t: t in ("B000123", "caf\u00e9") for t in tokens}
     assert filters.summarise(engine).dropped["malformed_line"] == len(tokens) - 2
+
+
+def test_missing_metadata_comes_before_excluded_users(engine: Engine) -> None:
+    rows = [("u0", "i0", 5.0, 1.0), ("u0", "i1", 5.0, 2.0), ("u1", "i1", 5.0, 3.0), ("u1", "i2", 1.0, 4.0)]
+    criteria = filters.Criteria(None, None, 2.0, True, False)
+    kept = filtered(engine, rows, criteria, excluded=("u0",), without_meta=("i1", "i2"))
+    assert kept == []
+    dropped = filters.summarise(engine).dropped
+    assert (
+        dropped["rating_threshold"] == 1
+        and dropped["missing_metadata"] == 2
+        and dropped["excluded_user"] == 1
+    )
