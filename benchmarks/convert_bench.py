@@ -1,33 +1,45 @@
-"""Throughput and peak memory of ``srt-prep convert`` on synthetic 2018-format ratings (a table, not a test).
+"""Throughput and peak memory of ``srt-prep convert``, before and after the out-of-core engine (a table, not a
+test), on synthetic 2018-format ratings.
 
-    python benchmarks/convert_bench.py                      # 1M and 10M rows, 200k users, 50k items
-    python benchmarks/convert_bench.py --rows 100000 --users 20000 --items 5000
+    python benchmarks/convert_bench.py                       # 10M and 40M rows
+    python benchmarks/convert_bench.py --rows 1000000 --memory-limit 1GB
 
-For each size it writes ``<Cat>.csv`` (2018 layout: item,user,rating,timestamp, no header) plus a gzipped
-``meta_<Cat>.json.gz`` for every item, then measures, each in a fresh process (peak RSS = that process's
-``ru_maxrss``): the full ``convert`` (read, intern, metadata, dedup, 5-core, sort, write), a plain
-``pandas.read_csv`` of the same file, and a process that only imports the converter (the floor).
+For each size it writes ``Books.csv`` (2018 layout: item,user,rating,timestamp, no header) with Zipf item
+popularity (rank ** -zipf), uniform users and times, and a gzipped ``meta_Books.json.gz`` for every item.
+Users and items scale with the rows (1.5M users and 200k items at 40M rows). It then runs, each in a fresh
+process, ``convert`` with default options (dedup first, 5-core) twice: "before" is the in-memory converter
+of commit ``--before`` (its ``dataset_prep`` extracted from git into a temporary folder), "after" the one in
+this checkout. Peak RSS is that process's ``ru_maxrss``; CPU seconds are user + system, all threads. The two
+outputs must be byte-identical. Last, the cost of 233M rows (all of Amazon 2018) is extrapolated from the
+measured points.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 CATEGORY = "Books"
+BEFORE = "561f223"  # the last commit with the in-memory converter
+USERS_PER_ROW = 1_500_000 / 40_000_000
+ITEMS_PER_ROW = 200_000 / 40_000_000
+FULL_AMAZON_2018 = 233_100_000
 
 
-def generate(folder: Path, rows: int, users: int, items: int, seed: int = 0) -> Path:
-    """Synthetic ratings (popularity-skewed items, uniform users) and metadata for every item."""
-    import gzip
-
+def generate(folder: Path, rows: int, users: int, items: int, zipf: float, seed: int = 0) -> Path:
+    """The ratings CSV and the metadata of every item."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -37,7 +49,7 @@ def generate(folder: Path, rows: int, users: int, items: int, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     item_tokens = pa.array([f"B{i:09d}" for i in range(items)])
     user_tokens = pa.array([f"A{u:013d}" for u in range(users)])
-    popularity = 1.0 / np.arange(1, items + 1) ** 0.8
+    popularity = 1.0 / np.arange(1, items + 1) ** zipf
     popularity /= popularity.sum()
     options = pacsv.WriteOptions(include_header=False, quoting_style="none")
     with open(csv_path, "wb") as out:
@@ -66,93 +78,139 @@ def generate(folder: Path, rows: int, users: int, items: int, seed: int = 0) -> 
     return csv_path
 
 
-def worker(kind: str, folder: Path) -> dict:
-    """Run one measurement in this process; returns seconds and peak RSS."""
+def worker(folder: Path, out: Path, memory_limit: str | None) -> dict:
+    """Run ``convert`` in this process (``dataset_prep`` as found on the path); time, CPU, peak RSS."""
+    from dataset_prep.convert import ConvertOptions, convert
+    from dataset_prep.registry import parse_entry
+
+    engine = {} if memory_limit is None else {"memory_limit": memory_limit}
     start = time.perf_counter()
-    if kind == "convert":
-        from dataset_prep.convert import ConvertOptions, convert
-        from dataset_prep.registry import parse_entry
-
-        report = convert(
-            ConvertOptions(
-                entries=[parse_entry(f"2018:{CATEGORY}", None, None)],
-                inputs=[folder],
-                output=folder / "out",
-                name="bench",
-                force=True,
-            )
+    report = convert(
+        ConvertOptions(
+            entries=[parse_entry(f"2018:{CATEGORY}", None, None)],
+            inputs=[folder],
+            output=out,
+            name="bench",
+            force=True,
+            **engine,
         )
-        extra = {"kept": report["rows"]["kept"], "read": report["rows"]["read"]}
-    elif kind == "pandas":
-        import pandas as pd
-
-        frame = pd.read_csv(folder / f"{CATEGORY}.csv", header=None, names=["item", "user", "rating", "ts"])
-        extra = {"read": len(frame)}
-    else:  # the floor: the modules convert imports, nothing read
-        import dataset_prep.convert  # noqa: F401
-
-        extra = {}
+    )
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = usage.ru_utime + usage.ru_stime
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": usage.ru_maxrss / 1024, **extra}
+    digests = {
+        suffix: hashlib.sha256((out / "bench" / f"bench.{suffix}").read_bytes()).hexdigest()
+        for suffix in ("inter", "item")
+    }
+    return {
+        "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "kept": report["rows"]["kept"],
+        "read": report["rows"]["read"],
+        "sha256": digests,
+    }
 
 
-def measure(kind: str, folder: Path) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--worker", kind, "--folder", str(folder)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def measure(code: Path, folder: Path, memory_limit: str | None) -> dict:
+    """One conversion in a fresh process importing ``dataset_prep`` from ``code``."""
+    out = folder / "out"
+    command = [sys.executable, __file__, "--worker", "--folder", str(folder), "--out", str(out)]
+    if memory_limit is not None:
+        command += ["--memory-limit", memory_limit]
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=folder)
+    if done.returncode:
+        sys.exit(f"convert_bench: the conversion with {code} failed:\n{done.stderr[-3000:]}")
+    shutil.rmtree(out)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def old_code(commit: str, into: Path) -> Path:
+    """``dataset_prep`` as of ``commit``, extracted from git into ``into``."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", commit, "dataset_prep"], capture_output=True
+    )
+    if archive.returncode:
+        sys.exit(f"convert_bench: cannot read commit {commit} from git: {archive.stderr.decode().strip()}")
+    into.mkdir(parents=True)
+    with tempfile.TemporaryFile() as tar:
+        tar.write(archive.stdout)
+        tar.seek(0)
+        with tarfile.open(fileobj=tar) as files:
+            files.extractall(into, filter="data")
+    return into
+
+
+def fit(points: list[tuple[int, float]], at: int) -> float:
+    """The value at ``at`` of the line through the first and last measured points."""
+    (x0, y0), (x1, y1) = points[0], points[-1]
+    return y1 if x1 == x0 else y0 + (y1 - y0) * (at - x0) / (x1 - x0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--users", type=int, default=200_000)
-    parser.add_argument("--items", type=int, default=50_000)
-    parser.add_argument("--worker", choices=["convert", "pandas", "imports"], help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000_000, 40_000_000])
+    parser.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent (default 1)")
+    parser.add_argument(
+        "--before", default=BEFORE, help=f"commit of the 'before' converter (default {BEFORE})"
+    )
+    parser.add_argument("--memory-limit", help="the new converter's --memory-limit (default: its default)")
+    parser.add_argument(
+        "--tmp", type=Path, help="folder for the data (default: the system's temporary folder)"
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.folder)))
+        print(json.dumps(worker(args.folder, args.out, args.memory_limit)))
         return
 
+    limit = args.memory_limit or "default"
     print(
-        f"synthetic 2018 ratings CSV: {args.users:,} users, {args.items:,} items; a fresh process per cell;"
+        f"synthetic 2018 ratings CSV, Zipf({args.zipf:g}) items, uniform users; convert with default options;"
     )
+    print(f"before: the in-memory converter ({args.before}); after: this checkout (--memory-limit {limit});")
+    load = os.getloadavg()[0]
+    print(f"{os.cpu_count()} CPUs, load average {load:.1f} at the start; a fresh process per cell\n")
     print(
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; CPU s: user + system, all threads\n"
+        "| rows | users | items | converter | seconds | rows/s | CPU s | peak RSS MiB | rows kept | output |"
     )
-    print("| rows | what | seconds | rows/s | CPU s | peak RSS MiB | rows kept |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
-    with tempfile.TemporaryDirectory(prefix="convert_bench_") as tmp:
-        floor = measure("imports", Path(tmp))
-        seconds, cpu, rss = floor["seconds"], floor["cpu_seconds"], floor["peak_rss_mib"]
-        print(f"| 0 | import the converter only (floor) | {seconds:.2f} | | {cpu:.1f} | {rss:.0f} | |")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---|")
+    measured: dict[str, list[tuple[int, dict]]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory(prefix="convert_bench_", dir=args.tmp) as tmp:
+        codes = {"before": old_code(args.before, Path(tmp) / "before"), "after": REPO}
         for rows in args.rows:
+            users, items = round(rows * USERS_PER_ROW), round(rows * ITEMS_PER_ROW)
             folder = Path(tmp) / f"r{rows}"
-            csv_path = generate(folder, rows, args.users, args.items)
-            size = csv_path.stat().st_size / 2**20
-            for kind, label in (
-                ("convert", "srt-prep convert, end to end"),
-                ("pandas", "pandas.read_csv only"),
-            ):
-                result = measure(kind, folder)
-                kept = f"{result['kept']:,}" if "kept" in result else ""
+            generate(folder, rows, users, items, args.zipf)
+            results = {}
+            for kind in ("before", "after"):
+                results[kind] = measure(codes[kind], folder, args.memory_limit if kind == "after" else None)
+                measured[kind].append((rows, results[kind]))
+            same = results["before"]["sha256"] == results["after"]["sha256"]
+            for kind, result in results.items():
                 print(
-                    f"| {rows:,} | {label} ({size:.0f} MiB CSV) | {result['seconds']:.2f} | "
+                    f"| {rows:,} | {users:,} | {items:,} | {kind} | {result['seconds']:.1f} | "
                     f"{rows / result['seconds']:,.0f} | {result['cpu_seconds']:.1f} | "
-                    f"{result['peak_rss_mib']:.0f} | {kept} |",
+                    f"{result['peak_rss_mib']:,.0f} | {result['kept']:,} | "
+                    f"{'identical' if same else 'DIFFERENT'} |",
                     flush=True,
                 )
-            for path in folder.iterdir():
-                if path.is_file():
-                    path.unlink()
+            shutil.rmtree(folder)
+    print(f"\nextrapolated to {FULL_AMAZON_2018:,} rows (all of Amazon 2018), linear in the measured points:")
+    for kind, points in measured.items():
+        seconds = fit([(n, r["seconds"]) for n, r in points], FULL_AMAZON_2018)
+        peaks = ", ".join(f"{r['peak_rss_mib']:,.0f} MiB at {n:,}" for n, r in points)
+        if kind == "before":
+            rss = fit([(n, r["peak_rss_mib"]) for n, r in points], FULL_AMAZON_2018) / 1024
+            memory = f"{rss:.1f} GiB peak RSS (linear in rows; measured {peaks})"
+        else:
+            memory = f"peak RSS held by the engine's memory limit, spilling to disk (measured {peaks})"
+        print(f"- {kind}: about {seconds / 60:.1f} min; {memory}")
+    print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dataset_prep import registry
+from dataset_prep.engine import MEMORY_LIMIT
 from dataset_prep.errors import PrepError
 from dataset_prep.filters import DEDUP_POLICIES, MISSING_POLICIES
 from dataset_prep.timestamps import ODD_POLICIES, UNITS
@@ -173,6 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--max-seq-len", type=_positive(int), default=50, help="MAX_ITEM_LIST_LENGTH in the YAML"
     )
+    convert.add_argument(
+        "--memory-limit",
+        default=MEMORY_LIMIT,
+        metavar="SIZE",
+        help=f"memory for the engine that sorts, de-duplicates and filters, e.g. 4GB or 512MB (default "
+        f"{MEMORY_LIMIT}); beyond it the engine spills to --temp-dir, so any input size fits",
+    )
+    convert.add_argument(
+        "--temp-dir",
+        type=Path,
+        help="folder for the engine's spill files, removed when done (default: beside the output, in "
+        "OUTPUT/.NAME.staging/)",
+    )
     convert.add_argument("--force", action="store_true", help="convert even if the output is up to date")
     convert.set_defaults(run=_run_convert)
 
@@ -303,6 +317,8 @@ def _run_convert(args: argparse.Namespace) -> int:
         force=args.force,
         timestamp_unit=args.timestamp_unit,
         odd_timestamps=args.odd_timestamps,
+        memory_limit=args.memory_limit,
+        temp_dir=args.temp_dir,
     )
     report = convert(opts)
     folder = args.output / opts.name

@@ -1,14 +1,17 @@
 """``srt-prep convert``: Amazon category files (one or several, any release) -> RecBole atomic files.
 
-Pipeline: read every interaction file (streamed, interned into compact arrays), its timestamps checked
-and normalised to seconds file by file (:mod:`dataset_prep.timestamps`) -> read the metadata of the items
-seen (streamed to a spool file); a ratings CSV whose user column holds metadata asins stops here (swapped
-columns) -> filters, each counted under its own reason, in this order: malformed ids, odd timestamps
-(``--odd-timestamps drop``), time range, rating threshold, missing metadata, missing text, excluded
-users, duplicates, iterative k-core; a filter that leaves no row stops with its option named -> write
-``NAME.inter`` sorted by (user, time) stably, ``NAME.item``, ``NAME.yaml`` and ``report.json`` into a
-staging folder swapped in whole (:class:`~dataset_prep.atomic.Staging`). A rerun whose inputs and options
-are unchanged, and whose output files still match their manifest, writes nothing.
+Pipeline, out of core in the engine (:mod:`dataset_prep.engine`, DuckDB within ``--memory-limit``, spilling
+to ``--temp-dir``): read every interaction file (streamed in blocks), its timestamps checked and normalised
+to seconds file by file (:mod:`dataset_prep.timestamps`), into the engine in input order -> give users and
+items codes in order of first appearance (:mod:`dataset_prep.table`) -> read the metadata of the items seen
+(streamed; the text of the first record of each item goes to the engine); a ratings CSV whose user column
+holds metadata asins stops here (swapped columns) -> filters (:mod:`dataset_prep.filters`), each counted
+under its own reason, in this order: malformed ids, odd timestamps (``--odd-timestamps drop``), time
+range, rating threshold, missing metadata, missing text, excluded users, duplicates, iterative k-core; a
+filter that leaves no row stops with its option named -> write ``NAME.inter`` sorted by (user, time, input
+order), ``NAME.item``, ``NAME.yaml`` and ``report.json`` into a staging folder swapped in whole
+(:class:`~dataset_prep.atomic.Staging`). A rerun whose inputs and options are unchanged, and whose output
+files still match their manifest, writes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,13 +38,14 @@ from dataset_prep.atomic import (
     write_tsv,
     write_yaml,
 )
+from dataset_prep.engine import MEMORY_LIMIT, Engine, check_memory_limit
 from dataset_prep.errors import PrepError
 from dataset_prep.formats import CsvLayout
 from dataset_prep.readers import FileStats, MetaStats, read_interactions, read_meta
-from dataset_prep.registry import Entry, file_name
+from dataset_prep.registry import Entry
 from dataset_prep.report import Report
 from dataset_prep.streams import LineBlocks, prefetched
-from dataset_prep.table import Interactions
+from dataset_prep.table import BATCH, AscendingLookup, Interactions
 from dataset_prep.timestamps import ODD_POLICIES, UNITS, TimeCheck, unit_of
 
 FORMAT_VERSION = 2  # 2: timestamps checked and normalised per file
@@ -53,11 +57,14 @@ ITEM_HEADER = [
     "categories:token_seq",
     "description:token_seq",
 ]
+TEXT_FIELDS = ("title", "brand", "categories", "description")
 WRITE_BATCH = 1 << 20
 # A ratings CSV whose user column matches metadata asins in at least this share of its distinct ids, and
 # this many times more often than its item column, has its user and item columns swapped.
 SWAP_MIN_SHARE = 0.1
 SWAP_RATIO = 4.0
+ENGINE_OPTIONS = ("memory_limit", "temp_dir")  # how the engine runs: no part of the output
+_CODES = {"users": "uc", "items": "ic"}  # the code column of each in table rows
 
 
 @dataclass
@@ -82,6 +89,8 @@ class ConvertOptions:
     force: bool = False
     timestamp_unit: str = "release"  # see dataset_prep.timestamps.UNITS
     odd_timestamps: str = "stop"  # or "drop"
+    memory_limit: str = MEMORY_LIMIT  # the engine's, e.g. "4GB"
+    temp_dir: Path | None = None  # where the engine spills (default: the output's staging folder)
 
 
 def default_name(entries: list[Entry]) -> str:
@@ -91,46 +100,52 @@ def default_name(entries: list[Entry]) -> str:
     return f"amazon{entries[0].release.name}-{entries[0].category.lower()}"
 
 
-def locate(entry: Entry, relative: str, inputs: list[Path]) -> Path:
-    """Find a published file in ``DIR/<release>/`` or ``DIR/`` of each input, gzipped or not."""
-    found = _find(relative, entry.release.name, inputs)
+def locate(entry: Entry, name: str, inputs: list[Path]) -> Path:
+    """Find the file called ``name`` in ``DIR/<release>/`` or ``DIR/`` of each input, gzipped or not."""
+    found = _find(name, entry.release.name, inputs)
     if found is not None:
         return found
-    name, other = _names_of(relative)
+    plain, other = _names_of(name)
     searched = ", ".join(str(d) + _folder_note(d) for d in inputs)
     hint = f"get it with `srt-prep download --release {entry.release.name} --category {entry.category}`"
-    misplaced = _find(relative, entry.release.name, inputs, Path.is_dir)
+    misplaced = _find(name, entry.release.name, inputs, Path.is_dir)
     if misplaced is not None:
         hint = f"{misplaced} is a folder, not the file"
-    if relative == entry.interactions_path:
+    if name == entry.interactions_file:
         for source, published in entry.release.sources.items():
-            there = _find(published.path.format(cat=entry.category), entry.release.name, inputs)
+            there = _find(published.file(entry.category), entry.release.name, inputs)
             if source != entry.source and there is not None:
                 hint = (
                     f"{there} is there: that is the {source!r} file; read it with --source {source} "
                     f"(or --category {entry.release.name}:{entry.category}:{source})"
                 )
                 break
-    raise PrepError(f"{entry.label}: file {name} (or {other}) not found in {searched}; {hint}")
+        as_published = Path(entry.interactions_path).name
+        there = None if as_published == name else _find(as_published, entry.release.name, inputs)
+        if there is not None:
+            hint = (
+                f"{there} is there under its published name, which the {entry.release.name} benchmark's "
+                f"0core and 5core files share: rename it to {name} if it is the {entry.source!r} file"
+            )
+    raise PrepError(f"{entry.label}: file {plain} (or {other}) not found in {searched}; {hint}")
 
 
 def _folder_note(path: Path) -> str:
     return "" if path.is_dir() else " (not a folder)" if path.exists() else " (no such folder)"
 
 
-def _names_of(relative: str) -> tuple[str, str]:
-    """The published file name and its gzipped (or plain) twin."""
-    name = file_name(relative)
+def _names_of(name: str) -> tuple[str, str]:
+    """The file name and its gzipped (or plain) twin."""
     return name, name[:-3] if name.endswith(".gz") else name + ".gz"
 
 
 def _find(
-    relative: str, release: str, inputs: list[Path], test: Callable[[Path], bool] = Path.is_file
+    name: str, release: str, inputs: list[Path], test: Callable[[Path], bool] = Path.is_file
 ) -> Path | None:
     """The first ``DIR/<release>/NAME`` or ``DIR/NAME`` (either twin) for which ``test`` holds."""
     for base in inputs:
         for folder in (base / release, base):
-            for candidate in _names_of(relative):
+            for candidate in _names_of(name):
                 if test(folder / candidate):
                     return folder / candidate
     return None
@@ -145,40 +160,48 @@ def convert(opts: ConvertOptions) -> dict:
             f"timestamp_unit must be one of {UNITS} and odd_timestamps one of {ODD_POLICIES}, got "
             f"{opts.timestamp_unit!r} and {opts.odd_timestamps!r}"
         )
+    check_memory_limit(opts.memory_limit)
     target = dataset_folder(opts.output, opts.name)
     files = [
-        (e, locate(e, e.interactions_path, opts.inputs), locate(e, e.meta_path, opts.inputs))
+        (e, locate(e, e.interactions_file, opts.inputs), locate(e, e.meta_file, opts.inputs))
         for e in opts.entries
     ]
     for path in opts.exclude_users_of:
         if not path.is_file():
             what = "is not a file" if path.exists() else "file not found"
             raise PrepError(f"{what} (--exclude-users-of expects a RecBole .inter file)", path)
+    if opts.temp_dir is not None and not Path(opts.temp_dir).is_dir():
+        raise PrepError("--temp-dir is not a folder", opts.temp_dir)
     fingerprint = _fingerprint(opts, [p for _, i, m in files for p in (i, m)])
     with Staging(target) as stage:
         previous = read_report(target)
         if not opts.force and previous and previous.get("fingerprint") == fingerprint and unchanged(target):
             return {**previous, "up_to_date": True}
-        result = _convert(opts, files, fingerprint, stage)
+        with Engine(opts.memory_limit, Path(opts.temp_dir or stage.folder)) as engine:
+            result = _convert(opts, files, fingerprint, stage, engine)
         stage.commit()
     return result
 
 
 def _convert(
-    opts: ConvertOptions, files: list[tuple[Entry, Path, Path]], fingerprint: str, stage: Staging
+    opts: ConvertOptions,
+    files: list[tuple[Entry, Path, Path]],
+    fingerprint: str,
+    stage: Staging,
+    engine: Engine,
 ) -> dict:
     """Read, filter and write every output file into ``stage``; the report."""
     report = Report()
     multi_release = len({entry.release.name for entry in opts.entries}) > 1
-    inter = Interactions()
+    inter = Interactions(engine)
     input_stats = []
-    segments: list[tuple[int, int]] = []  # each file's rows in the interactions
+    segments: list[tuple[int, int]] = []  # each file's rows (positions) in the interactions
     for entry, path, _ in files:
         stats = FileStats(str(path))
         times = TimeCheck(
             str(path), entry.release.name, unit_of(entry.layout.time_divisor), opts.timestamp_unit
         )
-        first = end = segments[-1][1] if segments else 0
+        first = inter.rows
         dropped = 0
         for chunk in prefetched(read_interactions(path, entry.layout, stats)):
             chunk.ts, ok = times.seconds(chunk.ts)
@@ -186,46 +209,52 @@ def _convert(
                 dropped += int((~ok).sum())
                 chunk = chunk.where(ok)
             inter.add(chunk, _item_prefix(entry, multi_release))
-            end += len(chunk.rating)
         if opts.odd_timestamps == "stop":
             times.stop()
         elif dropped:
             report.warn(f"{path}: {times.dropped_note()}")
-        segments.append((first, end))
+        segments.append((first, inter.rows))
         _warn_about(stats, report)
         input_stats.append({"entry": entry.label, **asdict(stats), "timestamps": times.record(dropped)})
-    inter.freeze()
-
-    with ThreadPoolExecutor(1) as pool:
-        # Sorted in the background (numpy sorts release the GIL) while the metadata is read.
-        sorting = pool.submit(filters.user_time_order, inter.user, inter.ts)
-        spool = stage.scratch("items.spool")
-        meta = _spool_metadata(files, inter, multi_release, opts, spool, report)
-        _check_columns(files, segments, inter, meta)
-        order = sorting.result()
-    keep, counts = _filter(inter, meta, input_stats, opts, report, order)
-    kept_items = np.bincount(inter.item[keep], minlength=len(inter.items)) > 0
-    write_tsv(stage.path(f"{opts.name}.inter"), INTER_HEADER, _inter_batches(inter, order[keep[order]]))
-    _write_items(stage.path(f"{opts.name}.item"), spool, kept_items, meta.has_meta, inter.items.tokens)
+    inter.intern()
+    _read_exclusions(opts.exclude_users_of, engine)
+    criteria = filters.Criteria(
+        opts.start, opts.end, opts.min_rating, opts.missing_meta == "drop", opts.missing_text == "drop"
+    )
+    # The codes join and the search for repeats run in the engine while the metadata is read (in Python).
+    staging_rows = engine.start(filters.stage_rows(criteria, opts.dedup))
+    try:
+        meta_records = _read_metadata(files, inter, multi_release, opts, report)
+    finally:
+        wait([staging_rows])  # also when the metadata fails: that error is the one to report
+    staging_rows.result()
+    _flag_items(engine, meta_records)
+    _check_columns(files, segments, inter)
+    filters.apply_metadata(engine, criteria)
+    engine.run("DROP TABLE raw")
+    counts = _filter(engine, input_stats, opts, report)
+    write_tsv(stage.path(f"{opts.name}.inter"), INTER_HEADER, _inter_batches(inter))
+    _write_items(stage.path(f"{opts.name}.item"), engine)
     write_yaml(
         stage.path(f"{opts.name}.yaml"),
         dataset_config(opts.output, _names(INTER_HEADER), _names(ITEM_HEADER), opts.max_seq_len),
     )
-    counts["items"].update(
-        kept_without_metadata=int((kept_items & ~meta.has_meta).sum()),
-        kept_without_text=int((kept_items & meta.has_meta & ~meta.has_text).sum()),
+    without_meta, without_text = engine.one(
+        """SELECT count(*) FILTER (WHERE NOT has_meta), count(*) FILTER (WHERE has_meta AND NOT has_text)
+        FROM items WHERE code IN (SELECT ic FROM alive_items)"""
     )
+    counts["items"].update(kept_without_metadata=without_meta, kept_without_text=without_text)
     result = {
         "name": opts.name,
         "fingerprint": fingerprint,
         "rows": {
             "read": sum(s["lines"] + s["partial_lines"] for s in input_stats),
-            "kept": int(keep.sum()),
+            "kept": counts.pop("kept"),
         },
         "dropped": report.dropped,
         **counts,
         "inputs": input_stats,
-        "metadata": meta.records,
+        "metadata": meta_records,
         "options": _options_record(opts),
         "warnings": report.warnings,
     }
@@ -233,76 +262,73 @@ def _convert(
     return result
 
 
-def _filter(
-    inter: Interactions,
-    meta: Metadata,
-    input_stats: list[dict],
-    opts: ConvertOptions,
-    report: Report,
-    order: np.ndarray,
-) -> tuple[np.ndarray, dict]:
-    """Apply every filter in order, counting drops in ``report``; the keep mask and user/item counts.
+def _filter(engine: Engine, input_stats: list[dict], opts: ConvertOptions, report: Report) -> dict:
+    """Apply every filter in order, counting drops in ``report``; the rows kept and user/item counts.
     A filter that leaves no row stops the conversion with a message naming it."""
-    n_users, n_items = len(inter.users), len(inter.items)
-    keep = np.ones(len(inter), bool)
     drops = report.dropped
+    summary = filters.summarise(engine)
 
-    def check(cause: Callable[[], str]) -> None:
-        if not keep.any():
+    def check(left: int, cause: Callable[[], str]) -> None:
+        if not left:
             raise PrepError(
                 f"no interaction left after filtering: {cause()} dropped the last rows; "
                 f"rows dropped by reason: {json.dumps({k: v for k, v in drops.items() if v})}"
             )
 
-    drops["malformed_line"] = sum(s["malformed"] for s in input_stats)
-    drops["malformed_line"] += filters.by_code(inter.user, keep, inter.users.invalid_mask())
-    drops["malformed_line"] += filters.by_code(inter.item, keep, inter.items.invalid_mask())
-    drops["truncated_stream"] = sum(s["partial_lines"] for s in input_stats)
-    drops["odd_timestamp"] = sum(s["timestamps"]["dropped"] for s in input_stats)
-    check(lambda: "skipping ids that cannot be RecBole tokens")
-    seen_users = np.bincount(inter.user[keep], minlength=n_users) > 0
-    seen_items = np.bincount(inter.item[keep], minlength=n_items) > 0
-    span = f"{_day(inter.ts[keep].min())} to {_day(inter.ts[keep].max())}"
-    drops["time_range"] = filters.time_range(inter.ts, keep, opts.start, opts.end)
-    check(lambda: f"--start {_day(opts.start)} / --end {_day(opts.end)} (the data spans {span})")
-    ratings = f"{inter.rating[keep].min():g} to {inter.rating[keep].max():g}"
-    drops["rating_threshold"] = filters.min_rating(inter.rating, keep, opts.min_rating)
-    check(lambda: f"--min-rating {opts.min_rating:g} (ratings here range from {ratings})")
-    if opts.missing_meta == "drop":
-        drops["missing_metadata"] = filters.by_code(inter.item, keep, ~meta.has_meta)
-        check(lambda: "--missing-meta drop (no interacted item has a metadata record; wrong metadata file?)")
-    if opts.missing_text == "drop":
-        drops["missing_text"] = filters.by_code(inter.item, keep, meta.has_meta & ~meta.has_text)
-        check(lambda: "--missing-text drop")
-    excluded = _excluded_users(opts.exclude_users_of, inter)
-    drops["excluded_user"] = filters.by_code(inter.user, keep, excluded)
-    check(lambda: "--exclude-users-of (every user is in the excluded files)")
-    drops["duplicate"] = filters.duplicates(inter.user, inter.item, keep, order, opts.dedup)
-    most = (np.bincount(inter.user[keep]).max(), np.bincount(inter.item[keep]).max())
-    drops["k_core"] = filters.k_core(
-        inter.user, inter.item, keep, (n_users, n_items), opts.min_user_inter, opts.min_item_inter
-    )
+    span = "" if summary.times is None else f"{_day(summary.times[0])} to {_day(summary.times[1])}"
+    ratings = "" if summary.ratings is None else f"{summary.ratings[0]:g} to {summary.ratings[1]:g}"
+    causes = {
+        "malformed_line": lambda: "skipping ids that cannot be RecBole tokens",
+        "time_range": lambda: f"--start {_day(opts.start)} / --end {_day(opts.end)} (the data spans {span})",
+        "rating_threshold": lambda: f"--min-rating {opts.min_rating:g} (ratings here range from {ratings})",
+        "missing_metadata": lambda: (
+            "--missing-meta drop (no interacted item has a metadata record; wrong metadata file?)"
+        ),
+        "missing_text": lambda: "--missing-text drop",
+        "excluded_user": lambda: "--exclude-users-of (every user is in the excluded files)",
+    }
+    for stage in filters.STAGES:
+        drops[stage] = summary.dropped[stage]
+        if stage == "malformed_line":
+            drops[stage] += sum(s["malformed"] for s in input_stats)
+            drops["truncated_stream"] = sum(s["partial_lines"] for s in input_stats)
+            drops["odd_timestamp"] = sum(s["timestamps"]["dropped"] for s in input_stats)
+        check(summary.left_after(stage), causes[stage])
+    drops["duplicate"] = filters.duplicates(engine, opts.dedup)
+    drops["k_core"], most = filters.k_core(engine, opts.min_user_inter, opts.min_item_inter)
+    kept = summary.passed - drops["duplicate"] - drops["k_core"]
     check(
+        kept,
         lambda: (
             f"the iterative k-core (--min-user-inter {opts.min_user_inter}, --min-item-inter "
             f"{opts.min_item_inter}; before it the most active user had {most[0]} interactions and the most "
             f"popular item {most[1]}; lower the thresholds or add data)"
-        )
+        ),
     )
-    counts = {
-        "users": {
-            "before": int(seen_users.sum()),
-            "after": _distinct(inter.user[keep], n_users),
-            "excluded": int((seen_users & excluded).sum()),
-        },
+    # Users and items seen: those of a row with usable ids (every one when no id is unusable).
+    seen = {"users": "", "items": ""}
+    if summary.dropped["malformed_line"]:
+        seen = {
+            t: f"WHERE code IN (SELECT DISTINCT {c} FROM rows WHERE stage <> 1)" for t, c in _CODES.items()
+        }
+    users_before, users_excluded, users_after = engine.one(
+        f"""SELECT count(*), count(*) FILTER (WHERE excluded),
+            count(*) FILTER (WHERE code IN (SELECT uc FROM alive_users)) FROM users {seen["users"]}"""
+    )
+    items_before, items_missing_meta, items_missing_text, items_after = engine.one(
+        f"""SELECT count(*), count(*) FILTER (WHERE NOT has_meta), count(*) FILTER (WHERE has_meta AND NOT
+        has_text), count(*) FILTER (WHERE code IN (SELECT ic FROM alive_items)) FROM items {seen["items"]}"""
+    )
+    return {
+        "kept": kept,
+        "users": {"before": users_before, "after": users_after, "excluded": users_excluded},
         "items": {
-            "before": int(seen_items.sum()),
-            "after": _distinct(inter.item[keep], n_items),
-            "missing_metadata": int((seen_items & ~meta.has_meta).sum()),
-            "missing_text": int((seen_items & meta.has_meta & ~meta.has_text).sum()),
+            "before": items_before,
+            "after": items_after,
+            "missing_metadata": items_missing_meta,
+            "missing_text": items_missing_text,
         },
     }
-    return keep, counts
 
 
 def _day(seconds: float | None) -> str:
@@ -314,29 +340,34 @@ def _day(seconds: float | None) -> str:
 
 
 def _check_columns(
-    files: list[tuple[Entry, Path, Path]],
-    segments: list[tuple[int, int]],
-    inter: Interactions,
-    meta: Metadata,
+    files: list[tuple[Entry, Path, Path]], segments: list[tuple[int, int]], inter: Interactions
 ) -> None:
-    """Stop when a ratings CSV's user column holds item asins (matches metadata keys) far more often than
-    its item column: the file has its first two columns swapped."""
-    n_users, n_items = len(inter.users), len(inter.items)
+    """Stop when a ratings CSV's user column holds item asins (metadata keys that are no item here) far more
+    often than its item column holds items with metadata: the file has its first two columns swapped."""
     for (entry, path, meta_path), (lo, hi) in zip(files, segments, strict=True):
         if not isinstance(entry.layout, CsvLayout) or lo == hi:
             continue
-        users = np.bincount(inter.user[lo:hi], minlength=n_users) > 0
-        items = np.bincount(inter.item[lo:hi], minlength=n_items) > 0
-        user_hits, item_hits = int((users & meta.user_is_item_key).sum()), int((items & meta.has_meta).sum())
-        user_share, item_share = user_hits / users.sum(), item_hits / items.sum()
+        whole = (lo, hi) == (0, inter.rows)  # one file: its distinct ids are the tables users and items
+        users, items = (
+            ("SELECT token FROM users", "SELECT token FROM items")
+            if whole
+            else (f"SELECT DISTINCT {c} AS token FROM raw WHERE r >= $1 AND r < $2" for c in ("user", "item"))
+        )
+        n_users, user_hits, n_items, item_hits = inter.engine.one(
+            f"""WITH su AS ({users}), si AS ({items}), hit AS (SELECT token FROM items WHERE has_meta)
+            SELECT (SELECT count(*) FROM su), (SELECT count(*) FROM su SEMI JOIN meta_keys ON token = key),
+                (SELECT count(*) FROM si), (SELECT count(*) FROM si SEMI JOIN hit USING (token))""",
+            [] if whole else [lo, hi],
+        )
+        user_share, item_share = user_hits / n_users, item_hits / n_items
         if user_share >= SWAP_MIN_SHARE and user_share >= SWAP_RATIO * item_share:
             order = ["?"] * 4
             order[entry.layout.user_col], order[entry.layout.item_col] = "user", "item"
             order[entry.layout.rating_col], order[entry.layout.time_col] = "rating", "timestamp"
             swapped = [{"user": "item", "item": "user"}.get(c, c) for c in order]
             raise PrepError(
-                f"user and item columns look swapped: {user_hits:,} of {int(users.sum()):,} ids in the user "
-                f"column are asins of {meta_path.name}, against {item_hits:,} of {int(items.sum()):,} in "
+                f"user and item columns look swapped: {user_hits:,} of {n_users:,} ids in the user "
+                f"column are asins of {meta_path.name}, against {item_hits:,} of {n_items:,} in "
                 f"the item column. Release {entry.release.name} ratings files are {','.join(order)}; this "
                 f"one looks like {','.join(swapped)}. Swap its first two columns, e.g. "
                 "`awk -F, -v OFS=, '{print $2,$1,$3,$4}'` (zcat it first if gzipped)",
@@ -353,10 +384,6 @@ def _item_prefix(entry: Entry, multi_release: bool) -> str:
     return f"{entry.release.name}_" if multi_release else ""
 
 
-def _distinct(codes: np.ndarray, size: int) -> int:
-    return int((np.bincount(codes, minlength=size) > 0).sum())
-
-
 def _warn_about(stats: FileStats, report: Report) -> None:
     if stats.truncated:
         report.warn(f"{stats.path}: stream is truncated; kept the {stats.lines} complete lines")
@@ -366,75 +393,121 @@ def _warn_about(stats: FileStats, report: Report) -> None:
         report.warn(f"{stats.path}: {stats.non_utf8} lines had non-UTF-8 bytes (replaced by U+FFFD)")
 
 
-@dataclass
-class Metadata:
-    """Per item code: has a metadata record / has any text; per user code: is a metadata key (a sign of
-    swapped columns); plus each metadata file's counts."""
+class _Appender:
+    """Rows for an engine table, appended a batch at a time."""
 
-    has_meta: np.ndarray
-    has_text: np.ndarray
-    user_is_item_key: np.ndarray
-    records: list[dict]
+    def __init__(self, engine: Engine, table: str, columns: tuple[str, ...]) -> None:
+        self.engine, self.table = engine, table
+        self.columns: dict[str, list] = {name: [] for name in columns}
+
+    def add(self, *values: object) -> None:
+        """One row."""
+        for column, value in zip(self.columns.values(), values, strict=True):
+            column.append(value)
+        self._flush_if_full()
+
+    def extend(self, values: list[str]) -> None:
+        """Several rows of a one-column table."""
+        (column,) = self.columns.values()
+        column.extend(values)
+        self._flush_if_full()
+
+    def _flush_if_full(self) -> None:
+        if len(next(iter(self.columns.values()))) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append the rows held so far."""
+        if next(iter(self.columns.values())):
+            self.engine.append(self.table, pa.table(self.columns))
+            for column in self.columns.values():
+                column.clear()
 
 
-def _spool_metadata(
+def _read_metadata(
     files: list[tuple[Entry, Path, Path]],
     inter: Interactions,
     multi_release: bool,
     opts: ConvertOptions,
-    spool: Path,
     report: Report,
-) -> Metadata:
-    """Stream every metadata file; write ``code<TAB>text fields`` of each needed item (first record wins)."""
-    has_meta = np.zeros(len(inter.items), bool)
-    has_text = np.zeros(len(inter.items), bool)
-    user_is_item_key = np.zeros(len(inter.users), bool)
+) -> list[dict]:
+    """Stream every metadata file into table ``meta`` (each record of an item seen; text cleaned) and record
+    the keys of the other records in ``meta_keys`` (the swapped-columns check). Each file's counts."""
+    engine = inter.engine
+    engine.run(
+        """CREATE TABLE meta (seq BIGINT, file INTEGER, token VARCHAR, title VARCHAR, brand VARCHAR,
+            categories VARCHAR, description VARCHAR, has_text BOOLEAN);
+        CREATE TABLE meta_keys (key VARCHAR)"""
+    )
+    # Python's 64-bit hash of each item id: a collision costs only the parse of a line never needed.
+    hashes = inter.item_hashes()
+    meta = _Appender(engine, "meta", ("seq", "file", "token", *TEXT_FIELDS, "has_text"))
+    other_keys = _Appender(engine, "meta_keys", ("key",))
+    keep_other_keys = any(isinstance(entry.layout, CsvLayout) for entry, _, _ in files)
     records = []
-    codes, user_codes = inter.items.codes, inter.users.codes
+    seq = 0
+    for index, (entry, _, path) in enumerate(files):
+        prefix = _item_prefix(entry, multi_release)
 
-    def needed(key: str, prefix: str) -> bool:
-        if prefix + key in codes:
-            return True
-        user = user_codes.get(key)
-        if user is not None:
-            user_is_item_key[user] = True
-        return False
+        def wanted(keys: list[str], prefix: str = prefix) -> list[bool]:
+            """Which keys are items seen (their hash is one of an item's)."""
+            wanted_hashes = np.fromiter((hash(prefix + key) for key in keys), np.int64, len(keys))
+            at = np.minimum(np.searchsorted(hashes, wanted_hashes), max(len(hashes) - 1, 0))
+            found = (hashes[at] == wanted_hashes) if len(hashes) else np.zeros(len(keys), bool)
+            if keep_other_keys:
+                other_keys.extend([key for key, hit in zip(keys, found.tolist(), strict=True) if not hit])
+            return found.tolist()
 
-    with open(spool, "w", encoding="utf-8") as out:
-        for entry, _, path in files:
-            prefix = _item_prefix(entry, multi_release)
-            stats = MetaStats(str(path))
-            duplicates = 0
-            for key, text in read_meta(
-                path, entry.release.meta_layout, lambda k, p=prefix: needed(k, p), stats, opts.max_text_len
-            ):
-                code = codes[prefix + key]
-                if has_meta[code]:
-                    duplicates += 1
-                    continue
-                has_meta[code] = True
-                has_text[code] = not text.is_empty()
-                out.write(f"{code}\t{text.title}\t{text.brand}\t{text.categories}\t{text.description}\n")
-            _warn_about(stats, report)
-            records.append({"entry": entry.label, **asdict(stats), "duplicate_records": duplicates})
-    return Metadata(has_meta, has_text, user_is_item_key, records)
+        stats = MetaStats(str(path))
+        for key, text in read_meta(path, entry.release.meta_layout, wanted, stats, opts.max_text_len):
+            meta.add(seq, index, prefix + key, text.title, text.brand, text.categories, text.description,
+                     not text.is_empty())  # fmt: skip
+            seq += 1
+        _warn_about(stats, report)
+        records.append({"entry": entry.label, **asdict(stats)})
+    meta.flush()
+    other_keys.flush()
+    return records
 
 
-def _excluded_users(paths: list[Path], inter: Interactions) -> np.ndarray:
-    """Boolean array over user codes: users that appear in any of the given ``.inter`` files."""
-    excluded = np.zeros(len(inter.users), bool)
+def _flag_items(engine: Engine, records: list[dict]) -> None:
+    """Give ``items`` the flags of its first metadata record (``meta_seq``, ``has_meta``, ``has_text``) and
+    each metadata file's record its ``duplicate_records`` (records of an item that has an earlier one)."""
+    engine.run(
+        """CREATE TABLE meta_first AS SELECT token, min(seq) AS seq, arg_min(has_text, seq) AS has_text
+            FROM meta SEMI JOIN items USING (token) GROUP BY token;
+        CREATE OR REPLACE TABLE items AS SELECT items.*, m.seq AS meta_seq, m.seq IS NOT NULL AS has_meta,
+            coalesce(m.has_text, false) AS has_text FROM items LEFT JOIN meta_first m USING (token)"""
+    )
+    repeats = dict(
+        engine.rows(
+            """SELECT file, count(*) FROM meta SEMI JOIN items USING (token) ANTI JOIN meta_first USING (seq)
+            GROUP BY file"""
+        )
+    )
+    for index, record in enumerate(records):
+        record["duplicate_records"] = repeats.get(index, 0)
+
+
+def _read_exclusions(paths: list[Path], engine: Engine) -> None:
+    """Give ``users`` the flag ``excluded``: the user appears in one of the given ``.inter`` files."""
+    engine.run("CREATE TABLE excluded (token VARCHAR)")
+    tokens = _Appender(engine, "excluded", ("token",))
     for path in paths:
-        for token in _inter_users(path):
-            code = inter.users.codes.get(token)
-            if code is not None:
-                excluded[code] = True
-    return excluded
+        for batch in _inter_users(path):
+            tokens.extend(batch)
+    tokens.flush()
+    engine.run(
+        """CREATE OR REPLACE TABLE users AS
+        SELECT users.*, token IN (SELECT token FROM excluded) AS excluded FROM users"""
+    )
 
 
-def _inter_users(path: Path) -> Iterator[str]:
-    """The ``user_id`` column of a RecBole ``.inter`` file."""
+def _inter_users(path: Path) -> Iterator[list[str]]:
+    """The ``user_id`` column of a RecBole ``.inter`` file, a block of lines at a time."""
     column = None
     for block in LineBlocks(path):
+        users = []
         for line in block.data.decode("utf-8", errors="replace").splitlines():
             cells = line.split("\t")
             if column is None:
@@ -443,21 +516,27 @@ def _inter_users(path: Path) -> Iterator[str]:
                     raise PrepError("no user_id column in the header of this .inter file", path, 1)
                 column = names.index("user_id")
             elif len(cells) > column:
-                yield cells[column]
+                users.append(cells[column])
+        yield users
 
 
-def _inter_batches(inter: Interactions, order: np.ndarray) -> Iterator[pa.RecordBatch]:
-    """Rows ``order`` as arrow batches of tokens; integral numbers are written as integers."""
-    user_tokens = pa.array(inter.users.tokens, pa.string())
-    item_tokens = pa.array(inter.items.tokens, pa.string())
-    for start in range(0, len(order), WRITE_BATCH):
-        take = order[start : start + WRITE_BATCH]
+def _inter_batches(inter: Interactions) -> Iterator[pa.RecordBatch]:
+    """The kept rows in output order as arrow batches of tokens; integral numbers are written as integers.
+    User ids come from a merge with the users in code order, item ids from the item ids by code."""
+    engine = inter.engine
+    users = AscendingLookup(
+        engine.batches(
+            "SELECT code, token FROM users WHERE code IN (SELECT uc FROM alive_users) ORDER BY code", BATCH
+        )
+    )
+    items = inter.item_tokens()
+    for batch in engine.batches(filters.KEPT_ROWS, WRITE_BATCH):
         yield pa.record_batch(
             [
-                user_tokens.take(pa.array(inter.user[take])),
-                item_tokens.take(pa.array(inter.item[take])),
-                _number_column(inter.rating[take]),
-                _number_column(inter.ts[take]),
+                users.take(batch.column(0).to_numpy()),
+                items.take(batch.column(1)),
+                _number_column(batch.column(2).to_numpy()),
+                _number_column(batch.column(3).to_numpy()),
             ],
             names=["user_id", "item_id", "rating", "timestamp"],
         )
@@ -469,16 +548,24 @@ def _number_column(values: np.ndarray) -> pa.Array:
     return pa.array(as_int if np.array_equal(as_int, values) else values)
 
 
-def _write_items(path: Path, spool: Path, kept: np.ndarray, has_meta: np.ndarray, tokens: list[str]) -> None:
-    """``NAME.item``: spooled rows of kept items, then empty rows for kept items without metadata."""
-    with open(path, "w", encoding="utf-8") as out, open(spool, encoding="utf-8") as rows:
+def _write_items(path: Path, engine: Engine) -> None:
+    """``NAME.item``: kept items with metadata in the order of their first record, then kept items without
+    metadata (empty text) in order of first appearance."""
+    kept = "code IN (SELECT ic FROM alive_items)"
+    with open(path, "w", encoding="utf-8") as out:
         out.write("\t".join(ITEM_HEADER) + "\n")
-        for row in rows:
-            code, text = row.split("\t", 1)
-            if kept[int(code)]:
-                out.write(f"{tokens[int(code)]}\t{text}")
-        for code in np.flatnonzero(kept & ~has_meta):
-            out.write(tokens[code] + "\t" * (len(ITEM_HEADER) - 1) + "\n")
+        for batch in engine.batches(
+            f"""SELECT items.token, {", ".join(TEXT_FIELDS)} FROM items JOIN meta ON meta.seq = items.meta_seq
+            WHERE {kept} ORDER BY meta_seq""",
+            BATCH,
+        ):
+            out.writelines("\t".join(row) + "\n" for row in zip(*batch.to_pydict().values(), strict=True))
+        for batch in engine.batches(
+            f"SELECT token FROM items WHERE NOT has_meta AND {kept} ORDER BY code", BATCH
+        ):
+            out.writelines(
+                token + "\t" * (len(ITEM_HEADER) - 1) + "\n" for token in batch.column(0).to_pylist()
+            )
 
 
 def _options_record(opts: ConvertOptions) -> dict:
@@ -487,13 +574,15 @@ def _options_record(opts: ConvertOptions) -> dict:
     for key in ("inputs", "exclude_users_of"):
         record[key] = [str(Path(p).resolve()) for p in record[key]]
     record["output"] = str(Path(opts.output).resolve())
+    record["temp_dir"] = None if opts.temp_dir is None else str(Path(opts.temp_dir).resolve())
     del record["force"]
     return record
 
 
 def _fingerprint(opts: ConvertOptions, paths: list[Path]) -> str:
-    """Hash of the options and of each input file's path, size and modification time."""
+    """Hash of the options that shape the output and of each input file's path, size and modification time."""
     files = [*paths, *opts.exclude_users_of]
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    payload = json.dumps([FORMAT_VERSION, _options_record(opts), stats], sort_keys=True)
+    options = {k: v for k, v in _options_record(opts).items() if k not in ENGINE_OPTIONS}
+    payload = json.dumps([FORMAT_VERSION, options, stats], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()

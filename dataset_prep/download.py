@@ -39,7 +39,7 @@ from dataset_prep.atomic import sha256_of, write_json
 from dataset_prep.errors import PrepError
 from dataset_prep.formats import CsvLayout, JsonLayout, MetaLayout
 from dataset_prep.readers import check_first_lines
-from dataset_prep.registry import Entry, file_name
+from dataset_prep.registry import Entry
 from dataset_prep.streams import is_gzip, verify_gzip
 
 CHUNK = 1 << 20
@@ -55,15 +55,15 @@ def download_entry(
     base = (base_url or entry.release.base_url).rstrip("/") + "/"
     if not base.startswith(("https://", "http://")):
         raise PrepError(f"--base-url {base_url!r} is not an http:// or https:// URL")
-    wanted = [(entry.interactions_path, entry.layout)]
+    wanted = [(entry.interactions_path, entry.interactions_file, entry.layout)]
     if with_meta:
-        wanted.append((entry.meta_path, entry.release.meta_layout))
+        wanted.append((entry.meta_path, entry.meta_file, entry.release.meta_layout))
     folder = output / entry.release.name
     folder.mkdir(parents=True, exist_ok=True)
     log = DownloadLog(folder / LOG)
     return [
-        fetch(base + rel, folder / file_name(rel), timeout, lambda p, lay=layout: verify(p, lay), log)
-        for rel, layout in wanted
+        fetch(base + rel, folder / name, timeout, lambda p, lay=layout: verify(p, lay), log)
+        for rel, name, layout in wanted
     ]
 
 

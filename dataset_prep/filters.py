@@ -1,105 +1,177 @@
-"""Row filters over compact interaction arrays. Each takes the ``keep`` mask, clears the rows it drops
-(among those still kept) and returns how many it dropped, so drop reasons never overlap."""
+"""Row filters, run in the engine over the interned interactions (:mod:`dataset_prep.table`).
+
+:func:`stage_rows` builds table ``rows`` (user code, item code, position, time, rating) with ``stage``, the
+first filter a row fails, in the order the filters run (:data:`STAGES`; 0 when it passes them all), so
+drop reasons never overlap; :func:`apply_metadata` adds the metadata stages once the metadata is read.
+:func:`duplicates` then marks, among the rows that pass, the repeats of a (user, item) pair, and
+:func:`k_core` iterates to the k-core of what is left (tables ``alive_users`` and ``alive_items``) and marks
+the rows outside it. :data:`KEPT_ROWS` is the final selection: the rows still at stage 0.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from dataset_prep.engine import Engine
 
 DEDUP_POLICIES = ("first", "last", "all")
 MISSING_POLICIES = ("drop", "keep")  # for items without metadata / without text
+# stage k (1-based) of a row: the first of these filters it fails; then the repeats and the k-core
+STAGES = (
+    "malformed_line",
+    "time_range",
+    "rating_threshold",
+    "missing_metadata",
+    "missing_text",
+    "excluded_user",
+)
+DUPLICATE, K_CORE = len(STAGES) + 1, len(STAGES) + 2
 
 
-def drop(keep: np.ndarray, bad: np.ndarray) -> int:
-    """Clear ``keep`` where ``bad``; the number of rows newly dropped."""
-    newly = keep & bad
-    keep &= ~bad
-    return int(newly.sum())
+@dataclass
+class Criteria:
+    """What the row filters keep (None: no bound)."""
+
+    start: float | None
+    end: float | None
+    min_rating: float | None
+    drop_missing_meta: bool
+    drop_missing_text: bool
 
 
-def time_range(ts: np.ndarray, keep: np.ndarray, start: float | None, end: float | None) -> int:
-    """Keep ``start <= ts < end`` (either bound optional, seconds)."""
-    bad = np.zeros(len(ts), bool)
-    if start is not None:
-        bad |= ts < start
-    if end is not None:
-        bad |= ts >= end
-    return drop(keep, bad)
+def stage_rows(criteria: Criteria, dedup: str) -> list[tuple[str, list[object]]]:
+    """The statements (and their parameters) that build table ``rows``, every row of ``raw`` with its codes
+    and its stage but for the metadata stages (:func:`apply_metadata`), and table ``losers`` (see
+    :func:`duplicates`). Needs ``users`` (token, code, ok, excluded) and ``items`` (token, code, ok); they
+    run while the metadata is read. The repeats can be found before the metadata stages are known, because
+    those stages, like the excluded-user stage, hold for every row of an item (or user), so for every row
+    of a (user, item) pair alike."""
+    # NumPy compared the float32 ratings with the threshold rounded to float32; NaN drops nothing.
+    threshold = (
+        None if criteria.min_rating is None or math.isnan(criteria.min_rating) else criteria.min_rating
+    )
+    sql = """CREATE TABLE rows AS SELECT u.code AS uc, i.code AS ic, raw.r, raw.ts, raw.rating,
+            (CASE WHEN NOT (u.ok AND i.ok) THEN 1
+                  WHEN raw.ts < $1 OR raw.ts >= $2 THEN 2
+                  WHEN raw.rating < $3 THEN 3
+                  WHEN u.excluded THEN 6
+                  ELSE 0 END)::UTINYINT AS stage
+        FROM raw JOIN users u ON raw.user = u.token JOIN items i ON raw.item = i.token"""
+    bounds = [criteria.start, criteria.end, None if threshold is None else float(np.float32(threshold))]
+    statements = [(sql, bounds)]
+    if dedup != "all":
+        way = "ASC" if dedup == "first" else "DESC"
+        losers = f"""CREATE TABLE losers AS SELECT r FROM (
+            SELECT r, row_number() OVER (PARTITION BY uc, ic ORDER BY ts {way}, r {way}) AS nth
+            FROM rows SEMI JOIN (
+                SELECT uc, ic FROM rows WHERE stage IN (0, 6) GROUP BY uc, ic HAVING count(*) > 1
+            ) repeated USING (uc, ic)
+            WHERE stage IN (0, 6)
+        ) WHERE nth > 1"""
+        statements.append((losers, []))
+    return statements
 
 
-def min_rating(rating: np.ndarray, keep: np.ndarray, threshold: float | None) -> int:
-    """Keep ``rating >= threshold``."""
-    return 0 if threshold is None else drop(keep, rating < threshold)
+def apply_metadata(engine: Engine, criteria: Criteria) -> None:
+    """Give the rows of items without metadata (or without text) their stage, where the policy drops them:
+    before the excluded-user stage, after the others. Needs ``items`` with ``has_meta`` and ``has_text``."""
+    if criteria.drop_missing_meta or criteria.drop_missing_text:
+        engine.run(
+            """UPDATE rows SET stage = CASE WHEN i.has_meta THEN 5 ELSE 4 END FROM items i
+            WHERE rows.ic = i.code AND rows.stage IN (0, 6)
+                AND ((NOT i.has_meta AND $1) OR (i.has_meta AND NOT i.has_text AND $2))""",
+            [criteria.drop_missing_meta, criteria.drop_missing_text],
+        )
 
 
-def by_code(codes: np.ndarray, keep: np.ndarray, bad_codes: np.ndarray) -> int:
-    """Drop rows whose code is flagged in the boolean array ``bad_codes``."""
-    return drop(keep, bad_codes[codes])
+@dataclass
+class StageSummary:
+    """Per stage the rows that fail there; the rows that pass every filter; the span of times after the
+    malformed-id filter and of ratings after the time filter (None when no row is left there)."""
+
+    dropped: dict[str, int]
+    passed: int
+    times: tuple[float, float] | None
+    ratings: tuple[float, float] | None
+
+    def left_after(self, stage: str) -> int:
+        """Rows still kept after the filter ``stage``."""
+        later = STAGES[STAGES.index(stage) + 1 :]
+        return self.passed + sum(self.dropped[s] for s in later)
 
 
-def user_time_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Row indices sorted by (user, time); equal times keep input order.
-
-    One stable sort of a packed int64 key ``user << bits | ticks`` when the times are whole seconds or
-    milliseconds and fit beside the user code (always for real Amazon data), else two stable sorts."""
-    if len(ts) and len(user):
-        user_bits = int(user.max()).bit_length()
-        # Whole seconds exactly, or milliseconds up to the float error of ms / 1000 (far below 1 us).
-        for per_second, tolerance in ((1, 0.0), (1000, 1e-3)):
-            ticks = ts * per_second
-            ticks -= ticks.min()
-            whole = np.round(ticks)
-            span = whole.max()
-            if not span < 2.0**62:  # also catches inf
-                continue
-            ticks -= whole  # in place: the rounding error
-            shift = int(span).bit_length()
-            if user_bits + shift <= 63 and np.abs(ticks, out=ticks).max() <= tolerance:
-                del ticks
-                key = user.astype(np.int64)
-                key <<= shift
-                key |= whole.astype(np.int64)
-                del whole
-                return np.argsort(key, kind="stable")
-    by_time = np.argsort(ts, kind="stable")
-    return by_time[np.argsort(user[by_time], kind="stable")]
+def summarise(engine: Engine) -> StageSummary:
+    """Counts and spans of table ``rows`` in one pass."""
+    counts = ", ".join(f"count(*) FILTER (WHERE stage = {k})" for k in range(1, len(STAGES) + 1))
+    row = engine.one(
+        f"""SELECT {counts}, count(*) FILTER (WHERE stage = 0),
+            min(ts) FILTER (WHERE stage <> 1), max(ts) FILTER (WHERE stage <> 1),
+            min(rating) FILTER (WHERE stage NOT IN (1, 2)), max(rating) FILTER (WHERE stage NOT IN (1, 2))
+        FROM rows"""
+    )
+    n = len(STAGES)
+    return StageSummary(
+        dropped=dict(zip(STAGES, row[:n], strict=True)),
+        passed=row[n],
+        times=None if row[n + 1] is None else (row[n + 1], row[n + 2]),
+        ratings=None if row[n + 3] is None else (row[n + 3], row[n + 4]),
+    )
 
 
-def duplicates(user: np.ndarray, item: np.ndarray, keep: np.ndarray, order: np.ndarray, policy: str) -> int:
-    """Keep one row per (user, item): the earliest (``first``) or latest (``last``) by time, ties by
-    input order; ``all`` keeps repeats. ``order`` is :func:`user_time_order`."""
-    if policy == "all":
+def duplicates(engine: Engine, dedup: str) -> int:
+    """Mark with stage :data:`DUPLICATE` the rows that pass every filter but repeat a (user, item) pair (table
+    ``losers``): ``first`` keeps the earliest of a pair, ``last`` the latest (equal times: input order),
+    ``all`` every row. The number marked."""
+    if dedup == "all":
         return 0
-    rows = order[keep[order]].astype(np.int32 if len(keep) < 2**31 else np.int64)
-    if not len(rows):
-        return 0
-    pair = user[rows].astype(np.int64)
-    pair <<= 32
-    pair |= item[rows]
-    by_pair = np.argsort(pair, kind="stable")  # groups the pairs, each group in time order
-    pair = pair[by_pair]
-    change = pair[1:] != pair[:-1]
-    del pair
-    chosen = np.r_[True, change] if policy == "first" else np.r_[change, True]
-    bad = np.zeros(len(keep), bool)
-    bad[rows[by_pair[~chosen]]] = True
-    return drop(keep, bad)
+    return engine.one(
+        f"UPDATE rows SET stage = {DUPLICATE} FROM losers WHERE rows.r = losers.r AND rows.stage = 0"
+    )[0]
 
 
-def k_core(
-    user: np.ndarray,
-    item: np.ndarray,
-    keep: np.ndarray,
-    sizes: tuple[int, int],
-    min_user: int,
-    min_item: int,
-) -> int:
-    """Iteratively drop users with fewer than ``min_user`` and items with fewer than ``min_item`` rows
-    (``sizes`` = number of user codes, number of item codes)."""
-    dropped = 0
+def k_core(engine: Engine, min_user: int, min_item: int) -> tuple[int, tuple[int, int]]:
+    """Iteratively drop users with fewer than ``min_user`` and items with fewer than ``min_item`` of the rows
+    left after :func:`duplicates`, and mark their rows with stage :data:`K_CORE`; tables ``alive_users``
+    (uc, n) and ``alive_items`` (ic, n) hold what stays, with its number of rows. Returns the rows dropped
+    and, from before the k-core, the most rows of one user and of one item. Each round joins only with the
+    (small) sets of users and items it drops."""
+    count = """CREATE OR REPLACE TABLE alive_users AS SELECT uc, count(*) AS n FROM edges GROUP BY uc;
+        CREATE OR REPLACE TABLE alive_items AS SELECT ic, count(*) AS n FROM edges GROUP BY ic"""
+    engine.run(
+        f"""CREATE TABLE edges AS SELECT uc, ic FROM rows WHERE stage = 0; {count};
+        CREATE TABLE dead_users (uc INTEGER); CREATE TABLE dead_items (ic INTEGER)"""
+    )
+    before, most_user, most_item = engine.one(
+        """SELECT (SELECT sum(n) FROM alive_users), (SELECT max(n) FROM alive_users),
+            (SELECT max(n) FROM alive_items)"""
+    )
     while True:
-        users, items = user[keep], item[keep]
-        few_users = np.bincount(users, minlength=sizes[0]) < min_user
-        few_items = np.bincount(items, minlength=sizes[1]) < min_item
-        if not (few_users[users].any() or few_items[items].any()):
-            return dropped
-        dropped += drop(keep, few_users[user] | few_items[item])
+        engine.run(
+            f"""CREATE OR REPLACE TABLE few_users AS SELECT uc FROM alive_users WHERE n < {min_user};
+            CREATE OR REPLACE TABLE few_items AS SELECT ic FROM alive_items WHERE n < {min_item}"""
+        )
+        if not engine.one("SELECT (SELECT count(*) FROM few_users) + (SELECT count(*) FROM few_items)")[0]:
+            break
+        engine.run(
+            f"""INSERT INTO dead_users SELECT uc FROM few_users;
+            INSERT INTO dead_items SELECT ic FROM few_items;
+            CREATE OR REPLACE TABLE edges AS
+                SELECT * FROM edges ANTI JOIN few_users USING (uc) ANTI JOIN few_items USING (ic); {count}"""
+        )
+    dropped = (before or 0) - (engine.one("SELECT sum(n) FROM alive_users")[0] or 0)
+    if dropped:
+        engine.run(
+            f"""UPDATE rows SET stage = {K_CORE} WHERE stage = 0
+            AND (uc IN (SELECT uc FROM dead_users) OR ic IN (SELECT ic FROM dead_items))"""
+        )
+    engine.run("DROP TABLE edges; DROP TABLE few_users; DROP TABLE few_items")
+    return dropped, (most_user or 0, most_item or 0)
+
+
+# The rows that every filter keeps, in output order: by user code, then time, then input position.
+KEPT_ROWS = "SELECT uc, ic, rating, ts FROM rows WHERE stage = 0 ORDER BY uc, ts, r"

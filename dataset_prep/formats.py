@@ -1,9 +1,11 @@
 """Exact record layouts of each Amazon release (pure data, no parsing).
 
 2014 ratings CSV is ``user,item,rating,timestamp``; 2018 ratings CSV is ``item,user,rating,timestamp``
-(item first). 2014/2018 review lines use ``reviewerID``/``asin``/``overall``/``unixReviewTime`` (seconds);
-2023 review lines use ``user_id``/``parent_asin``/``rating``/``timestamp`` (milliseconds).
-2014 metadata lines are Python dict literals; 2018 and 2023 metadata lines are strict JSON.
+(item first); both have no header. The 2023 rating-only benchmark CSVs start with the header
+``user_id,parent_asin,rating,timestamp`` (milliseconds). 2014/2018 review lines use
+``reviewerID``/``asin``/``overall``/``unixReviewTime`` (seconds); 2023 review lines use
+``user_id``/``parent_asin``/``rating``/``timestamp`` (milliseconds). 2014 metadata lines are Python dict
+literals; 2018 and 2023 metadata lines are strict JSON.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class CsvLayout:
-    """A header-less ratings CSV: the position of each column."""
+    """A ratings CSV: the position of each column, and its header line if it has one."""
 
     user_col: int
     item_col: int
     rating_col: int = 2
     time_col: int = 3
     time_divisor: float = 1.0  # timestamps / divisor = seconds
+    header: tuple[str, ...] | None = None  # a first line equal to these names joined by "," is skipped
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class MetaLayout:
 
 RATINGS_2014 = CsvLayout(user_col=0, item_col=1)
 RATINGS_2018 = CsvLayout(user_col=1, item_col=0)
+RATINGS_2023 = CsvLayout(
+    user_col=0, item_col=1, time_divisor=1000.0, header=("user_id", "parent_asin", "rating", "timestamp")
+)
 REVIEWS_2014_2018 = JsonLayout("reviewerID", "asin", "overall", "unixReviewTime")
 REVIEWS_2023 = JsonLayout("user_id", "parent_asin", "rating", "timestamp", time_divisor=1000.0)
 META_2014 = MetaLayout("python", "asin", "title", "brand", "categories", "description")

@@ -14,7 +14,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,9 @@ from dataset_prep.streams import Block, LineBlocks
 from dataset_prep.text import clean_text, join_categories
 
 MAX_EXAMPLES = 5
+# Interaction files are parsed in blocks of this size; a few are in flight at once (read ahead, parsed, being
+# stored), which is most of what the converter holds outside the engine.
+INTERACTION_BLOCK = 16 << 20
 Layout = CsvLayout | JsonLayout
 
 
@@ -78,23 +81,18 @@ class FileStats:
 
 @dataclass
 class Chunk:
-    """Interactions parsed from one block: ids dictionary-encoded (done here, in the reading thread),
-    timestamps as in the file (unit checked and converted by :mod:`dataset_prep.timestamps`)."""
+    """Interactions parsed from one block, in file order: ids as strings, timestamps as in the file (unit
+    checked and converted by :mod:`dataset_prep.timestamps`)."""
 
-    users: pa.DictionaryArray
-    items: pa.DictionaryArray
+    users: pa.StringArray
+    items: pa.StringArray
     rating: np.ndarray
     ts: np.ndarray
 
     @classmethod
     def of(cls, users: pa.Array, items: pa.Array, rating: np.ndarray, ts: np.ndarray) -> Chunk:
-        """Encode the id columns; rating as float32, ts as float64."""
-        return cls(
-            pc.dictionary_encode(users),
-            pc.dictionary_encode(items),
-            rating.astype(np.float32),
-            ts.astype(np.float64),
-        )
+        """Rating as float32, ts as float64."""
+        return cls(users, items, rating.astype(np.float32), ts.astype(np.float64))
 
     def where(self, mask: np.ndarray) -> Chunk:
         """Only the rows where ``mask`` is True."""
@@ -104,9 +102,11 @@ class Chunk:
 
 def read_interactions(path: Path, layout: Layout, stats: FileStats) -> Iterator[Chunk]:
     """Stream the interaction file at ``path``; fills ``stats``; raises if nothing is readable."""
-    blocks = LineBlocks(path, progress=path.name)
+    blocks = LineBlocks(path, block_size=INTERACTION_BLOCK, progress=path.name)
     fast, slow = (_csv_fast, _csv_line) if isinstance(layout, CsvLayout) else (_json_fast, _json_line)
     for block in blocks:
+        if block.first_line == 1:
+            block = _without_header(block, layout)
         chunk = fast(block, layout)
         if chunk is not None:
             n = len(chunk.rating)
@@ -120,6 +120,23 @@ def read_interactions(path: Path, layout: Layout, stats: FileStats) -> Iterator[
             break
     stats.finish(blocks)
     stats.check_usable("interaction")
+
+
+def _is_header(line: str, layout: Layout | MetaLayout) -> bool:
+    """True when ``line`` is the header line of a CSV layout that has one."""
+    return (
+        isinstance(layout, CsvLayout)
+        and layout.header is not None
+        and line.rstrip("\r\n") == ",".join(layout.header)
+    )
+
+
+def _without_header(block: Block, layout: Layout) -> Block:
+    """The first block of a file without its header line (if the layout has one and the file starts so)."""
+    cut = block.data.find(b"\n") + 1
+    if _is_header(block.data[:cut].decode("utf-8", errors="replace"), layout):
+        return Block(block.data[cut:], block.first_line + 1)
+    return block
 
 
 def _slow_block(block: Block, layout: Layout, parse_line: Callable, stats: FileStats) -> Chunk:
@@ -279,20 +296,28 @@ class MetaStats(FileStats):
 
 
 def read_meta(
-    path: Path, layout: MetaLayout, wanted: Callable[[str], bool], stats: MetaStats, max_text_len: int
+    path: Path,
+    layout: MetaLayout,
+    wanted: Callable[[list[str]], Sequence[bool]],
+    stats: MetaStats,
+    max_text_len: int,
 ) -> Iterator[tuple[str, ItemText]]:
-    """Yield ``(item key, text)`` for every metadata record whose item ``wanted`` accepts."""
+    """Yield ``(item key, text)`` for every metadata record whose item ``wanted`` accepts. ``wanted`` takes a
+    list of keys (the keys of a block's lines, found without parsing) and says which are needed."""
     key = re.escape(layout.item_key.encode())
     quick_key = re.compile(rb"""['"]""" + key + rb"""['"]\s*:\s*(?:'([^'\\]*)'|"([^"\\]*)")""")
     parse = _parse_json_object if layout.syntax == "json" else _parse_python_dict
     blocks = LineBlocks(path, progress=path.name)
     for block in blocks:
-        for number, raw in enumerate(block.data.splitlines(), start=block.first_line):
+        lines = block.data.splitlines()
+        quick = [_quick_item(quick_key.search(raw)) for raw in lines]
+        verdicts = iter(wanted([k for k in quick if k is not None]))
+        for number, (raw, quick_item) in enumerate(zip(lines, quick, strict=True), start=block.first_line):
+            needed = None if quick_item is None else next(verdicts)
             if not raw.strip():
                 continue
             stats.lines += 1
-            found = quick_key.search(raw)
-            if found and not wanted((found.group(1) or found.group(2) or b"").decode("utf-8", "replace")):
+            if needed is False:
                 stats.not_needed += 1
                 continue
             line = _decode(raw, stats)
@@ -303,7 +328,7 @@ def read_meta(
                 stats.bad(number, str(err) or type(err).__name__)
                 continue
             stats.parsed += 1
-            if wanted(item):
+            if needed if item == quick_item else wanted([item])[0]:
                 yield item, _item_text(record, layout, max_text_len)
             else:
                 stats.not_needed += 1
@@ -313,6 +338,11 @@ def read_meta(
         stats.check_usable("metadata")
 
 
+def _quick_item(found: re.Match[bytes] | None) -> str | None:
+    """The item key a metadata line names, found without parsing the line (None if not found)."""
+    return None if found is None else (found.group(1) or found.group(2) or b"").decode("utf-8", "replace")
+
+
 def check_first_lines(path: Path, layout: Layout | MetaLayout, count: int = 5) -> None:
     """Raise :class:`PrepError` unless the first ``count`` non-blank lines are records of ``layout``: a quick
     check that a download is the file it claims to be (not an HTML page, not another layout)."""
@@ -320,7 +350,7 @@ def check_first_lines(path: Path, layout: Layout | MetaLayout, count: int = 5) -
     for block in LineBlocks(path, block_size=1 << 16):
         for number, raw in enumerate(block.data.splitlines(), start=block.first_line):
             line = raw.decode("utf-8", errors="replace")
-            if not line.strip():
+            if not line.strip() or (number == 1 and _is_header(line, layout)):
                 continue
             if line.lstrip("\ufeff \t").startswith("<"):
                 raise PrepError(f"is an HTML page, not a data file (starts {line.strip()[:60]!r})", path)

@@ -1,4 +1,12 @@
-"""Every category of the 2014, 2018 and 2023 Amazon releases: file names, URLs and record layouts."""
+"""Every category of the 2014, 2018 and 2023 Amazon releases: file names, URLs and record layouts.
+
+Interaction sources: 2014 ``ratings`` (the ratings CSV), ``5core`` and ``reviews`` (the full review file);
+2018 ``ratings``, ``5core`` and ``reviews``; 2023 ``reviews`` (the raw review file) and the rating-only
+benchmark CSVs ``ratings`` (0-core: every rating, repeats removed) and ``5core``. A file keeps its published
+name on disk, except where two sources publish the same name (the 2023 benchmark's
+``0core/rating_only/<Cat>.csv.gz`` and ``5core/rating_only/<Cat>.csv.gz``): those are saved and looked for as
+``<Cat>.0core.csv.gz`` and ``<Cat>.5core.csv.gz``.
+"""
 
 from __future__ import annotations
 
@@ -38,10 +46,15 @@ CATEGORIES_2023 = (
 
 @dataclass(frozen=True)
 class Source:
-    """One kind of interaction file of a release: its path template and record layout."""
+    """One kind of interaction file of a release: its path template, record layout and name on disk."""
 
     path: str  # relative to the release base URL; "{cat}" is the category
     layout: formats.CsvLayout | formats.JsonLayout
+    local: str | None = None  # the file's name on disk, when not the published one ("{cat}" as in path)
+
+    def file(self, category: str) -> str:
+        """The file's name on disk (as ``download`` saves it and ``convert`` looks for it)."""
+        return (self.local or file_name(self.path)).format(cat=category)
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ RELEASES: dict[str, Release] = {
         sources={
             "ratings": Source("ratings_{cat}.csv", formats.RATINGS_2014),
             "5core": Source("reviews_{cat}_5.json.gz", formats.REVIEWS_2014_2018),
+            "reviews": Source("reviews_{cat}.json.gz", formats.REVIEWS_2014_2018),
         },
         default_source="ratings",
         meta_path="meta_{cat}.json.gz",
@@ -85,11 +99,19 @@ RELEASES: dict[str, Release] = {
     ),
     "2023": Release(
         name="2023",
-        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/raw/",
+        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/",
         categories=CATEGORIES_2023,
-        sources={"reviews": Source("review_categories/{cat}.jsonl.gz", formats.REVIEWS_2023)},
+        sources={
+            "reviews": Source("raw/review_categories/{cat}.jsonl.gz", formats.REVIEWS_2023),
+            "ratings": Source(
+                "benchmark/0core/rating_only/{cat}.csv.gz", formats.RATINGS_2023, local="{cat}.0core.csv.gz"
+            ),
+            "5core": Source(
+                "benchmark/5core/rating_only/{cat}.csv.gz", formats.RATINGS_2023, local="{cat}.5core.csv.gz"
+            ),
+        },
         default_source="reviews",
-        meta_path="meta_categories/meta_{cat}.jsonl.gz",
+        meta_path="raw/meta_categories/meta_{cat}.jsonl.gz",
         meta_layout=formats.META_2023,
     ),
 }
@@ -109,9 +131,19 @@ class Entry:
         return self.release.sources[self.source].path.format(cat=self.category)
 
     @property
+    def interactions_file(self) -> str:
+        """Name of the interaction file on disk."""
+        return self.release.sources[self.source].file(self.category)
+
+    @property
     def meta_path(self) -> str:
         """Path of the metadata file relative to the release base URL."""
         return self.release.meta_path.format(cat=self.category)
+
+    @property
+    def meta_file(self) -> str:
+        """Name of the metadata file on disk (its published name)."""
+        return file_name(self.meta_path)
 
     @property
     def layout(self) -> formats.CsvLayout | formats.JsonLayout:
@@ -176,15 +208,17 @@ def parse_entry(spec: str, default_release: str | None, default_source: str | No
 
 
 def table(release_names: list[str] | None = None, urls: bool = False) -> str:
-    """All categories as a plain-text table (one row per release and category)."""
-    header = ["release", "category", "sources (file)", "metadata"]
+    """All categories as a plain-text table (one row per release and category): each source with its file
+    name on disk, and the metadata file; full URLs instead with ``urls``."""
+    header = ["release", "category", "sources (file)" if not urls else "sources (URL)", "metadata"]
     rows = []
     for release in RELEASES.values():
         if release_names and release.name not in release_names:
             continue
         for cat in release.categories:
             sources = ", ".join(
-                f"{name} ({file_name(src.path.format(cat=cat))})" for name, src in release.sources.items()
+                f"{name} ({release.base_url + src.path.format(cat=cat) if urls else src.file(cat)})"
+                for name, src in release.sources.items()
             )
             meta = release.meta_path.format(cat=cat)
             rows.append([release.name, cat, sources, release.base_url + meta if urls else file_name(meta)])

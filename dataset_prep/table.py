@@ -1,82 +1,95 @@
-"""Compact in-memory interactions: interned user/item codes plus numpy columns.
+"""The interactions inside the engine, and the dense codes of their users and items.
 
-Per interaction only 20 bytes are held (int32 user, int32 item, float32 rating, float64 seconds);
-each distinct user/item string is held once, in a :class:`Vocab`.
+Table ``raw`` holds every row read, appended in input order with its position ``r`` (0, 1, ... across all
+files): user and item ids as strings, the rating (float32) and the time in seconds (float64).
+:meth:`Interactions.intern` then gives every distinct user and every distinct item a dense int32 code in
+order of first appearance (tables ``users`` and ``items``: token, code, and whether the token can be a
+RecBole token), so that sorting rows by user code groups users in the order they first appear.
+
+Python holds one batch of rows at a time, plus what :meth:`Interactions.item_tokens` and
+:meth:`Interactions.item_hashes` return (per distinct item: its id, or an 8-byte hash).
 """
 
 from __future__ import annotations
 
-from itertools import repeat
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from dataset_prep.engine import Engine
 from dataset_prep.readers import Chunk
-from dataset_prep.text import is_valid_token
+from dataset_prep.text import TOKEN_BREAKERS
 
-
-class Vocab:
-    """Strings to dense int32 codes, in order of first appearance."""
-
-    def __init__(self) -> None:
-        self.codes: dict[str, int] = {}
-        self.tokens: list[str] = []
-        self.invalid: list[int] = []  # codes whose string cannot be a RecBole token
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def encode(self, encoded: pa.DictionaryArray, prefix: str = "") -> np.ndarray:
-        """Codes of a dictionary-encoded string array; each dictionary entry is looked up once."""
-        distinct = encoded.dictionary.to_pylist()
-        if prefix:
-            distinct = [prefix + s for s in distinct]
-        lookup = np.fromiter(map(self.codes.get, distinct, repeat(-1)), np.int32, len(distinct))
-        for i in np.flatnonzero(lookup < 0):  # new strings only: a Python loop over the vocabulary, once
-            lookup[i] = self.code(distinct[i])
-        return lookup[encoded.indices.to_numpy(zero_copy_only=False)]
-
-    def code(self, token: str) -> int:
-        """The code of ``token``, assigning the next one if new."""
-        code = self.codes.get(token)
-        if code is None:
-            code = self.codes[token] = len(self.tokens)
-            self.tokens.append(token)
-            if not is_valid_token(token):
-                self.invalid.append(code)
-        return code
-
-    def invalid_mask(self) -> np.ndarray:
-        """Boolean array over codes: True where the token is unusable."""
-        mask = np.zeros(len(self), bool)
-        mask[self.invalid] = True
-        return mask
+# TOKEN_BREAKERS as an RE2 character class (DuckDB's regular expressions), each character escaped.
+_BREAKER_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in TOKEN_BREAKERS) + "]"
+BATCH = 1 << 16  # rows per batch exchanged with the engine, outside the bulk of the rows
 
 
 class Interactions:
-    """Interactions in input order: ``user``/``item`` codes, ``rating``, ``ts`` (seconds)."""
+    """Rows appended in input order to the engine's ``raw`` table; then interned."""
 
-    def __init__(self) -> None:
-        self.users = Vocab()
-        self.items = Vocab()
-        self._chunks: dict[str, list[np.ndarray]] = {"user": [], "item": [], "rating": [], "ts": []}
-        self.user = np.empty(0, np.int32)
-        self.item = np.empty(0, np.int32)
-        self.rating = np.empty(0, np.float32)
-        self.ts = np.empty(0, np.float64)
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.rows = 0
+        engine.run("CREATE TABLE raw (r BIGINT, user VARCHAR, item VARCHAR, rating FLOAT, ts DOUBLE)")
 
     def add(self, chunk: Chunk, item_prefix: str = "") -> None:
-        """Intern a parsed chunk and keep its compact columns."""
-        self._chunks["user"].append(self.users.encode(chunk.users))
-        self._chunks["item"].append(self.items.encode(chunk.items, item_prefix))
-        self._chunks["rating"].append(chunk.rating)
-        self._chunks["ts"].append(chunk.ts)
+        """Append a parsed chunk (timestamps already in seconds); items get ``item_prefix``."""
+        n = len(chunk.rating)
+        items = (
+            pc.binary_join_element_wise(pa.scalar(item_prefix), chunk.items, "")
+            if item_prefix
+            else chunk.items
+        )
+        columns = {"r": np.arange(self.rows, self.rows + n), "user": chunk.users, "item": items}
+        self.engine.append("raw", pa.table({**columns, "rating": chunk.rating, "ts": chunk.ts}))
+        self.rows += n
 
-    def freeze(self) -> None:
-        """Concatenate the chunks column by column (freeing each column's chunks right after)."""
-        for name, parts in self._chunks.items():
-            setattr(self, name, np.concatenate([getattr(self, name), *parts]))
-            parts.clear()
+    def intern(self) -> None:
+        """Tables ``users`` and ``items``: each distinct id, its code (order of first appearance) and ``ok``
+        (it can be a RecBole token: not empty, no whitespace, control character or '"')."""
+        for table, column in (("users", "user"), ("items", "item")):
+            self.engine.run(
+                f"CREATE TABLE {table} AS SELECT {column} AS token, "
+                "(row_number() OVER (ORDER BY min(r)) - 1)::INTEGER AS code, "
+                f"{column} <> '' AND NOT regexp_matches({column}, '{_BREAKER_CLASS}') AS ok "
+                f"FROM raw GROUP BY {column}"
+            )
 
-    def __len__(self) -> int:
-        return len(self.user)
+    def item_tokens(self) -> pa.Array:
+        """Every item id, indexed by code."""
+        batches = list(self.engine.batches("SELECT token FROM items ORDER BY code", BATCH))
+        return pa.concat_arrays([b.column(0) for b in batches]) if batches else pa.array([], pa.string())
+
+    def item_hashes(self) -> np.ndarray:
+        """The sorted Python ``hash`` of every item id (a compact membership test for metadata keys)."""
+        parts = [
+            np.fromiter(map(hash, batch.column(0).to_pylist()), np.int64, batch.num_rows)
+            for batch in self.engine.batches("SELECT token FROM items", BATCH)
+        ]
+        return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+
+class AscendingLookup:
+    """Tokens of non-decreasing codes, read from a query's ``(code, token)`` batches sorted by code: a merge,
+    so only about one batch of tokens is held."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+        self._batches = batches
+        self._codes = np.empty(0, np.int32)
+        self._tokens: pa.Array = pa.array([], pa.string())
+
+    def take(self, codes: np.ndarray) -> pa.Array:
+        """The tokens of ``codes`` (sorted, and never below the codes of an earlier call)."""
+        if not len(codes):
+            return pa.array([], pa.string())
+        while not len(self._codes) or self._codes[-1] < codes[-1]:
+            batch = next(self._batches)
+            self._codes = np.concatenate([self._codes, batch.column(0).to_numpy()])
+            self._tokens = pa.concat_arrays([self._tokens, batch.column(1)])
+        tokens = self._tokens.take(pa.array(np.searchsorted(self._codes, codes)))
+        rest = int(np.searchsorted(self._codes, codes[-1]))
+        self._codes, self._tokens = self._codes[rest:], self._tokens.slice(rest)
+        return tokens

@@ -19,7 +19,24 @@ _SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 # A character clean_text would change: entity/tag start, quote, control, or whitespace other than " "
 # (Python's str.isspace set, spelled out so that one character class does the test).
 _DIRTY_CHAR = re.compile('[&<"\x00-\x1f\x7f-\x9f\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]')
-_BAD_TOKEN = re.compile(r'[\s"\x00-\x1f\x7f-\x9f]')
+# What a RecBole token cannot hold: every whitespace character (str.isspace), every control character, and
+# '"'. The converter tests ids against this set in the engine (dataset_prep.table).
+TOKEN_BREAKERS = '"' + "".join(
+    map(
+        chr,
+        [
+            *range(0x21),
+            *range(0x7F, 0xA1),
+            0x1680,
+            *range(0x2000, 0x200B),
+            0x2028,
+            0x2029,
+            0x202F,
+            0x205F,
+            0x3000,
+        ],
+    )
+)
 CATEGORY_SEPARATOR = ", "
 
 
@@ -52,8 +69,3 @@ def join_categories(values: Iterable[object]) -> str:
             if cleaned:
                 seen.setdefault(cleaned, None)
     return CATEGORY_SEPARATOR.join(seen)
-
-
-def is_valid_token(value: str) -> bool:
-    """True when ``value`` can be a RecBole token: non-empty, no whitespace, quote or control character."""
-    return bool(value) and _BAD_TOKEN.search(value) is None

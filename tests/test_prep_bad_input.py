@@ -497,7 +497,36 @@ def test_internal_error_is_one_line_with_exit_1(
     )
 
 
-# --- 6. the training hint -----------------------------------------------------------------------------
+# --- 6. the engine: memory limit and spill folder ---------------------------------------------------------
+
+
+def test_engine_memory_limit_and_temp_dir(tmp_path: Path, capsys, good: Path) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    message = assert_refused(
+        capsys, MAGAZINE, good, "--force", "--memory-limit", "8MB", "--temp-dir", str(spill)
+    )
+    assert message.startswith(
+        "the conversion needs more memory than --memory-limit 8MB gives the engine, even spilling to "
+        f"{spill}: raise the limit (Out of Memory Error: "
+    )
+    assert assert_refused(capsys, MAGAZINE, good, "--force", "--memory-limit", "lots") == (
+        "--memory-limit 'lots' is not a size such as 4GB, 512MB or 1.5GiB"
+    )
+    absent = tmp_path / "absent"
+    assert assert_refused(capsys, MAGAZINE, good, "--force", "--temp-dir", str(absent)) == (
+        f"{absent}: --temp-dir is not a folder"
+    )
+    # Engine settings do not change the output: the same options are up to date whatever they are.
+    assert "up to date" in convert(capsys, MAGAZINE, good, "--memory-limit", "64MB")[1]
+    out = tmp_path / "small"
+    assert convert(capsys, MAGAZINE, out, "--memory-limit", "64MB", "--temp-dir", str(spill))[0] == 0
+    assert (out / NAME / f"{NAME}.inter").read_bytes() == (good / NAME / f"{NAME}.inter").read_bytes()
+    assert (out / NAME / f"{NAME}.item").read_bytes() == (good / NAME / f"{NAME}.item").read_bytes()
+    assert list(spill.iterdir()) == []  # the engine's spill folder is gone
+
+
+# --- 7. the training hint -----------------------------------------------------------------------------
 
 
 def test_convert_suggests_srt(tmp_path: Path, capsys) -> None:

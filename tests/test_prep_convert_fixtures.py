@@ -16,6 +16,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "prep"
 REPO = Path(__file__).parents[1]
 
 
+ONE = ["--min-user-inter", "1", "--min-item-inter", "1"]
+
+
 def run(*args: str) -> int:
     return main(["convert", *args])
 
@@ -260,7 +263,7 @@ def test_non_utf8_in_csv_and_metadata(tmp_path: Path) -> None:
         ),
         ({"meta_All_Beauty.json": b"{}\n"}, [], "file All_Beauty.csv (or All_Beauty.csv.gz) not found"),
         ({}, ["--category", "2018:All_Beuaty"], "no category 'All_Beuaty'; did you mean 'All_Beauty'?"),
-        ({}, ["--category", "2023:All_Beauty:ratings"], "release 2023 publishes no 'ratings' files"),
+        ({}, ["--category", "2023:All_Beauty:0core"], "release 2023 publishes no '0core' files"),
         (
             {"All_Beauty.csv": b"B1,A1,5.0,1500000000\n", "meta_All_Beauty.json": b"{}\n"},
             [],
@@ -298,6 +301,12 @@ def test_python_m_entry_point_and_list() -> None:
     assert any(
         "Magazine_Subscriptions.csv" in line and "meta_Magazine_Subscriptions.json.gz" in line
         for line in lines
+    )
+    assert any(line.startswith("2014 ") and "reviews (reviews_Beauty.json.gz)" in line for line in lines)
+    assert any(
+        "ratings (All_Beauty.0core.csv.gz), 5core (All_Beauty.5core.csv.gz)" in line
+        for line in lines
+        if line.startswith("2023 ")
     )
     bad = subprocess.run(
         [
@@ -382,3 +391,69 @@ def test_2023_missing_meta_kept_and_loaded_by_recbole(
     row = list(ids).index("P0000001")
     words = [title[t] for t in dataset.item_feat["title"][row].tolist() if t]
     assert words == ["Gentle", "Shampoo", "&", "Conditioner"]
+
+
+def test_2023_benchmark_rating_only_csvs(tmp_path: Path) -> None:
+    """The 0-core CSV holds the reviews' ratings without repeats: it converts to the very same .inter and
+    .item as the review file. Its header is no record; the 5-core CSV converts too."""
+    common = ["--input", str(FIXTURES), *ONE]
+    assert run("--category", "2023:All_Beauty", "--output", str(tmp_path / "reviews"), *common) == 0
+    assert run("--category", "2023:All_Beauty:ratings", "--output", str(tmp_path / "ratings"), *common) == 0
+    name = "amazon2023-all_beauty"
+    for suffix in ("inter", "item"):
+        reviews = (tmp_path / "reviews" / name / f"{name}.{suffix}").read_bytes()
+        assert (tmp_path / "ratings" / name / f"{name}.{suffix}").read_bytes() == reviews
+    rep = report(tmp_path / "ratings", name)
+    assert rep["rows"] == {"read": 9, "kept": 8} and rep["inputs"][0]["lines"] == 9
+    assert rep["dropped"]["duplicate"] == 0 and rep["dropped"]["malformed_line"] == 0
+    assert rep["inputs"][0]["timestamps"]["unit"] == "ms"
+    assert run("--category", "2023:All_Beauty:5core", "--output", str(tmp_path / "core"), *common) == 0
+    assert len(inter_rows(tmp_path / "core", name)) == 5
+
+
+def test_2023_benchmark_csv_line_numbers_and_header_only(tmp_path: Path, capsys) -> None:
+    data = (FIXTURES / "2023" / "All_Beauty.0core.csv").read_bytes().splitlines(keepends=True)
+    src = copy_fixture(
+        tmp_path,
+        "2023",
+        {
+            "All_Beauty.0core.csv": b"".join(
+                [*data[:3], b"AEUSER0009,P0000001,five,1600000000000\n", *data[3:]]
+            ),
+            "meta_All_Beauty.jsonl": (FIXTURES / "2023" / "meta_All_Beauty.jsonl").read_bytes(),
+        },
+    )
+    args = ["--category", "2023:All_Beauty:ratings", "--input", str(src), *ONE]
+    assert run(*args, "--output", str(tmp_path / "o"), "--name", "b") == 0
+    rep = report(tmp_path / "o", "b")
+    assert rep["inputs"][0]["examples"][0].startswith("line 4: ")  # the header is line 1
+    assert rep["dropped"]["malformed_line"] == 1 and rep["rows"]["read"] == 10
+    (src / "2023" / "All_Beauty.0core.csv").write_bytes(data[0])
+    assert run(*args, "--output", str(tmp_path / "o2")) == 2
+    assert "All_Beauty.0core.csv: empty interaction file" in capsys.readouterr().err
+
+
+def test_2023_benchmark_csv_under_its_published_name(tmp_path: Path, capsys) -> None:
+    src = copy_fixture(tmp_path, "2023", {"All_Beauty.csv.gz": b"", "meta_All_Beauty.jsonl": b""})
+    assert (
+        run("--category", "2023:All_Beauty:5core", "--input", str(src), "--output", str(tmp_path / "o")) == 2
+    )
+    assert capsys.readouterr().err == (
+        f"srt-prep: error: 2023:All_Beauty:5core: file All_Beauty.5core.csv.gz (or All_Beauty.5core.csv) not "
+        f"found in {src}; {src / '2023' / 'All_Beauty.csv.gz'} is there under its published name, which the "
+        "2023 benchmark's 0core and 5core files share: rename it to All_Beauty.5core.csv.gz if it is the "
+        "'5core' file\n"
+    )
+
+
+def test_2014_full_review_file(tmp_path: Path) -> None:
+    """The full 2014 review file (the 5-core file's layout) holds the ratings CSV's rows here: the same
+    output."""
+    common = ["--input", str(FIXTURES), *ONE]
+    assert run("--category", "2014:Beauty", "--output", str(tmp_path / "csv"), *common) == 0
+    assert run("--category", "2014:Beauty:reviews", "--output", str(tmp_path / "json"), *common) == 0
+    name = "amazon2014-beauty"
+    for suffix in ("inter", "item"):
+        csv = (tmp_path / "csv" / name / f"{name}.{suffix}").read_bytes()
+        assert (tmp_path / "json" / name / f"{name}.{suffix}").read_bytes() == csv
+    assert report(tmp_path / "json", name)["inputs"][0]["entry"] == "2014:Beauty:reviews"

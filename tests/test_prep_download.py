@@ -412,3 +412,29 @@ def test_2014_layouts_verify(tmp_path: Path) -> None:
 
 def test_every_release_url_is_https() -> None:
     assert all(release.base_url.startswith("https://") for release in RELEASES.values())
+
+
+def test_2023_benchmark_files_get_distinct_names_and_convert(tmp_path: Path) -> None:
+    """The 0core and 5core rating-only CSVs share a published name; they are saved apart, their header is
+    accepted by the format check, and the folder converts as is."""
+    meta = gzip.compress((FIXTURES / "2023" / "meta_All_Beauty.jsonl").read_bytes())
+    files = {"/raw/meta_categories/meta_All_Beauty.jsonl.gz": meta}
+    for core in ("0core", "5core"):
+        data = (FIXTURES / "2023" / f"All_Beauty.{core}.csv").read_bytes()
+        files[f"/benchmark/{core}/rating_only/All_Beauty.csv.gz"] = gzip.compress(data)
+    with serving(files) as srv:
+        for source in ("ratings", "5core"):
+            args = ["download", "--category", f"2023:All_Beauty:{source}", "--output", str(tmp_path)]
+            assert main([*args, "--base-url", srv.url]) == 0
+    folder = tmp_path / "2023"
+    for core in ("0core", "5core"):
+        assert (folder / f"All_Beauty.{core}.csv.gz").read_bytes() == files[
+            f"/benchmark/{core}/rating_only/All_Beauty.csv.gz"
+        ]
+    log = json.loads((folder / "downloads.json").read_text())["files"]
+    assert log["All_Beauty.5core.csv.gz"]["url"].endswith("/benchmark/5core/rating_only/All_Beauty.csv.gz")
+    args = ["convert", "--category", "2023:All_Beauty:5core", "--input", str(tmp_path)]
+    assert (
+        main([*args, "--output", str(tmp_path / "out"), "--min-user-inter", "1", "--min-item-inter", "1"])
+        == 0
+    )
