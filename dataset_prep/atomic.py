@@ -56,7 +56,6 @@ class Staging:
         self._lock_path = parent / f".{name}.lock"
         self._lock: int | None = None
         self._staged: list[str] = []
-        self._scratch: list[Path] = []
 
     def __enter__(self) -> Staging:
         try:
@@ -88,16 +87,8 @@ class Staging:
         self._staged.append(name)
         return self.folder / name
 
-    def scratch(self, name: str) -> Path:
-        """A temporary working file, never part of the output."""
-        tmp = self.folder / f".{name}.scratch"
-        self._scratch.append(tmp)
-        return tmp
-
     def commit(self) -> None:
         """Write the manifest, carry over foreign files, swap the folders."""
-        for tmp in self._scratch:
-            tmp.unlink(missing_ok=True)
         manifest = {name: _file_record(self.folder / name) for name in self._staged}
         write_json(self.folder / MANIFEST, {"files": manifest})
         _fsync(self.folder / MANIFEST)

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -171,9 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INTER_FILE",
         help="leakage guard: drop users present in this .inter file; repeatable",
     )
-    convert.add_argument(
-        "--max-seq-len", type=_positive(int), default=50, help="MAX_ITEM_LIST_LENGTH in the YAML"
-    )
+    _add_max_seq_len(convert)
     convert.add_argument(
         "--memory-limit",
         default=MEMORY_LIMIT,
@@ -201,9 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, required=True, help="writes OUTPUT/NAME/NAME.{inter,item,yaml}"
     )
     unisrec.add_argument("--prefix", help="file prefix, e.g. Scientific (default: the only one in INPUT)")
-    unisrec.add_argument(
-        "--max-seq-len", type=_positive(int), default=50, help="MAX_ITEM_LIST_LENGTH in the YAML"
-    )
+    _add_max_seq_len(unisrec)
     unisrec.set_defaults(run=_run_unisrec)
     return parser
 
@@ -219,6 +216,12 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--spec", type=Path, help="file listing RELEASE:CATEGORY[:SOURCE] lines (# comments)")
     parser.add_argument("--source", help="ratings | 5core | reviews (default ratings; 2023: reviews)")
+
+
+def _add_max_seq_len(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-seq-len", type=_positive(int), default=50, help="MAX_ITEM_LIST_LENGTH in the YAML"
+    )
 
 
 def _entries(args: argparse.Namespace) -> list[registry.Entry]:
@@ -298,27 +301,13 @@ def _run_convert(args: argparse.Namespace) -> int:
     from dataset_prep.convert import ConvertOptions, convert, default_name
 
     entries = _entries(args)
+    # Every other field of ConvertOptions is the CLI option of the same name.
+    same = [f.name for f in fields(ConvertOptions) if f.name not in ("entries", "inputs", "name")]
     opts = ConvertOptions(
         entries=entries,
         inputs=args.input,
-        output=args.output,
         name=args.name or default_name(entries),
-        min_user_inter=args.min_user_inter,
-        min_item_inter=args.min_item_inter,
-        min_rating=args.min_rating,
-        dedup=args.dedup,
-        start=args.start,
-        end=args.end,
-        missing_meta=args.missing_meta,
-        missing_text=args.missing_text,
-        max_text_len=args.max_text_len,
-        exclude_users_of=args.exclude_users_of,
-        max_seq_len=args.max_seq_len,
-        force=args.force,
-        timestamp_unit=args.timestamp_unit,
-        odd_timestamps=args.odd_timestamps,
-        memory_limit=args.memory_limit,
-        temp_dir=args.temp_dir,
+        **{key: getattr(args, key) for key in same},
     )
     report = convert(opts)
     folder = args.output / opts.name

@@ -70,51 +70,45 @@ class Release:
     meta_layout: formats.MetaLayout
 
 
-RELEASES: dict[str, Release] = {
-    "2014": Release(
-        name="2014",
-        base_url="https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/",
-        categories=CATEGORIES_2014,
-        sources={
-            "ratings": Source("ratings_{cat}.csv", formats.RATINGS_2014),
-            "5core": Source("reviews_{cat}_5.json.gz", formats.REVIEWS_2014_2018),
-            "reviews": Source("reviews_{cat}.json.gz", formats.REVIEWS_2014_2018),
-        },
-        default_source="ratings",
-        meta_path="meta_{cat}.json.gz",
-        meta_layout=formats.META_2014,
-    ),
-    "2018": Release(
-        name="2018",
-        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/",
-        categories=CATEGORIES_2018,
-        sources={
-            "ratings": Source("categoryFilesSmall/{cat}.csv", formats.RATINGS_2018),
-            "5core": Source("categoryFilesSmall/{cat}_5.json.gz", formats.REVIEWS_2014_2018),
-            "reviews": Source("categoryFiles/{cat}.json.gz", formats.REVIEWS_2014_2018),
-        },
-        default_source="ratings",
-        meta_path="metaFiles2/meta_{cat}.json.gz",
-        meta_layout=formats.META_2018,
-    ),
-    "2023": Release(
-        name="2023",
-        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/",
-        categories=CATEGORIES_2023,
-        sources={
-            "reviews": Source("raw/review_categories/{cat}.jsonl.gz", formats.REVIEWS_2023),
-            "ratings": Source(
-                "benchmark/0core/rating_only/{cat}.csv.gz", formats.RATINGS_2023, local="{cat}.0core.csv.gz"
-            ),
-            "5core": Source(
-                "benchmark/5core/rating_only/{cat}.csv.gz", formats.RATINGS_2023, local="{cat}.5core.csv.gz"
-            ),
-        },
-        default_source="reviews",
-        meta_path="raw/meta_categories/meta_{cat}.jsonl.gz",
-        meta_layout=formats.META_2023,
-    ),
-}
+# Interaction and metadata paths are relative to the release's base URL; "{cat}" is the category.
+# fmt: off
+_RELEASE_ROWS: tuple[tuple[str, str, tuple[str, ...], str, formats.MetaLayout], ...] = (
+    # release, base URL, categories, metadata path, metadata layout
+    ("2014", "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/", CATEGORIES_2014,
+     "meta_{cat}.json.gz", formats.META_2014),
+    ("2018", "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/", CATEGORIES_2018,
+     "metaFiles2/meta_{cat}.json.gz", formats.META_2018),
+    ("2023", "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/", CATEGORIES_2023,
+     "raw/meta_categories/meta_{cat}.jsonl.gz", formats.META_2023),
+)
+_SOURCE_ROWS: tuple[tuple[str, str, str, formats.CsvLayout | formats.JsonLayout, str | None], ...] = (
+    # release, source (a release's first is its default), path, layout, name on disk (None: the published one)
+    ("2014", "ratings", "ratings_{cat}.csv", formats.RATINGS_2014, None),
+    ("2014", "5core", "reviews_{cat}_5.json.gz", formats.REVIEWS_2014_2018, None),
+    ("2014", "reviews", "reviews_{cat}.json.gz", formats.REVIEWS_2014_2018, None),
+    ("2018", "ratings", "categoryFilesSmall/{cat}.csv", formats.RATINGS_2018, None),
+    ("2018", "5core", "categoryFilesSmall/{cat}_5.json.gz", formats.REVIEWS_2014_2018, None),
+    ("2018", "reviews", "categoryFiles/{cat}.json.gz", formats.REVIEWS_2014_2018, None),
+    ("2023", "reviews", "raw/review_categories/{cat}.jsonl.gz", formats.REVIEWS_2023, None),
+    ("2023", "ratings", "benchmark/0core/rating_only/{cat}.csv.gz", formats.RATINGS_2023,
+     "{cat}.0core.csv.gz"),
+    ("2023", "5core", "benchmark/5core/rating_only/{cat}.csv.gz", formats.RATINGS_2023,
+     "{cat}.5core.csv.gz"),
+)
+# fmt: on
+
+
+def _release(
+    name: str, base_url: str, categories: tuple[str, ...], meta_path: str, meta_layout: formats.MetaLayout
+) -> Release:
+    """The release of a ``_RELEASE_ROWS`` row, with its ``_SOURCE_ROWS`` (the first is the default)."""
+    sources = {
+        src: Source(path, layout, local) for rel, src, path, layout, local in _SOURCE_ROWS if rel == name
+    }
+    return Release(name, base_url, categories, sources, next(iter(sources)), meta_path, meta_layout)
+
+
+RELEASES: dict[str, Release] = {row[0]: _release(*row) for row in _RELEASE_ROWS}
 
 
 @dataclass(frozen=True)

@@ -21,22 +21,9 @@ _SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 _DIRTY_CHAR = re.compile('[&<"\x00-\x1f\x7f-\x9f\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]')
 # What a RecBole token cannot hold: every whitespace character (str.isspace), every control character, and
 # '"'. The converter tests ids against this set in the engine (dataset_prep.table).
-TOKEN_BREAKERS = '"' + "".join(
-    map(
-        chr,
-        [
-            *range(0x21),
-            *range(0x7F, 0xA1),
-            0x1680,
-            *range(0x2000, 0x200B),
-            0x2028,
-            0x2029,
-            0x202F,
-            0x205F,
-            0x3000,
-        ],
-    )
-)
+TOKEN_BREAKERS = '"' + "".join(map(chr, [
+    *range(0x21), *range(0x7F, 0xA1), 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000,
+]))  # fmt: skip
 CATEGORY_SEPARATOR = ", "
 
 
