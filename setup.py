@@ -57,7 +57,11 @@ setup(
         # Scaling-law fits pin BLAS to one thread (oversubscribed OpenBLAS was ~25x slower).
         "threadpoolctl>=3",
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+    extras_require={
+        # text_encoder_backend onnx / onnx-int8: ONNX Runtime, and onnx for the int8 quantiser.
+        "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
+        "test": ["pytest>=7", "ruff>=0.5", "onnxruntime>=1.17", "onnx>=1.15"],
+    },
     entry_points={
         "console_scripts": [
             "run_recbole=recbole_srt.cli:main",

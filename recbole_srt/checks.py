@@ -32,6 +32,7 @@ from recbole.config import Config
 from recbole.data import create_dataset
 from recbole.utils import EvaluatorType
 
+from recbole_srt.features import ItemEncoder
 from recbole_srt.model.srt import check_config
 from recbole_srt.optim import build_optimizer
 from recbole_srt.overrides import SettingError, check_setting_types, read_config_file
@@ -88,6 +89,7 @@ def check_model_settings(config: Config) -> None:
     its trainer's precision and a dry run of its optimiser and schedule (one throw-away parameter)."""
     if config["model"] == "SRT":
         check_config(config)
+        ItemEncoder.from_config(config)  # its options (nothing is loaded)
         training_precision(config)
         build_optimizer(config, [torch.nn.Parameter(torch.zeros(1))], config["learning_rate"])
 

@@ -12,7 +12,7 @@ A catalog is a RecBole ``.item`` atomic file (the checkpoint's ``text_fields``),
 (one object a line: ``item_id`` and text fields) or a ``.tsv`` file with a header row (first
 column the id, the others text). An item's text is its non-empty text fields joined by ``". "``,
 as in training (:mod:`recbole_srt.features`), and it is encoded with the
-checkpoint's ``text_encoder``; the catalog's features are cached beside it.
+checkpoint's ``text_encoder``; vectors come from (and go to) the encoder's content-keyed store.
 
 Checkpoints are read without unpickling code (:mod:`recbole_srt.checkpoint`); RecBole's full-pickle
 format (older SRT checkpoints) needs ``trust=True`` (``--trust-checkpoint``), for trusted files only.
@@ -38,7 +38,6 @@ from recbole_srt.checkpoint import (
 from recbole_srt.cli import USER_ERRORS, quiet_library_warnings, user_errors
 from recbole_srt.features import (
     ItemEncoder,
-    cache_stem,
     check_feature_size,
     check_text_coverage,
     read_catalog,
@@ -98,9 +97,8 @@ class Recommender:
             raise ServeError(f"{catalog}: the catalog has no items")
         n_empty = sum(not text for text in items.texts)
         check_text_coverage(n_empty, len(items.texts), f"catalog {catalog}", items.fields)
-        encoder = ItemEncoder(config["text_encoder"], str(device), config["text_encoder_batch_size"])
-        catalog = Path(catalog)
-        matrix, _ = encoder.encode_items(items, cache_stem(catalog.parent, catalog.stem, encoder.name))
+        encoder = ItemEncoder.from_config(config, str(device))
+        matrix = encoder.vectors(items.texts)
         features = torch.cat([torch.zeros(1, matrix.shape[1]), torch.from_numpy(matrix)])
         check_feature_size(feature_size(saved["state_dict"]), features, f"{encoder.name} on {catalog}")
         model = SRT(config, item_features=features)
@@ -114,7 +112,7 @@ class Recommender:
             raise ServeError(f"already in the catalog: {clash[:10]}")
         if not items:
             return
-        new = torch.from_numpy(self.encoder.encode(list(items.values()))).to(self.model.item_features)
+        new = torch.from_numpy(self.encoder.vectors(list(items.values()))).to(self.model.item_features)
         self.model.item_features = torch.cat([self.model.item_features, new])
         for item, text in items.items():
             self.item_ids.append(item)

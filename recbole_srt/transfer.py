@@ -71,6 +71,9 @@ INHERITED_KEYS = (
     "hidden_dropout_prob",
     "attn_dropout_prob",
     "projection_dropout",
+    "text_max_tokens",
+    "text_encoder_backend",
+    "text_encoder_precision",
 )
 
 

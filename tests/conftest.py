@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,10 @@ from recbole_srt.registration import plugin_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Encoded vectors go to one store per test session (the real encoder's; fake encoders get their own,
+# see test_features.counting_encoder), inherited by the CLIs the tests start; never the user's own.
+os.environ["RECBOLE_SRT_CACHE"] = tempfile.mkdtemp(prefix="recbole-srt-test-store-")
 
 # The tensors in these tests are tiny: extra threads only add synchronisation (and oversubscribe a busy CPU).
 torch.set_num_threads(1)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import write_tiny_dataset
 
-from benchmarks import time_to_quality
+from benchmarks import encode, time_to_quality
 
 
 def test_time_to_quality_by_hand(tmp_path):
@@ -48,3 +49,18 @@ def test_gpu_check_runs_its_tiny_cpu_version(tmp_path):
     assert len(report["cells"]) == 4 and all(c["sequences_per_s"] > 0 for c in report["cells"])
     assert report["sweep"]["returncode"] == 0 and report["sweep"]["results"]["status"] == {"TERMINATED": 1}
     assert "compiled" in (tmp_path / "throughput.md").read_text()
+
+
+def test_encode_benchmark_times_cells_and_the_store(tmp_path):
+    """Two encoder cells on a tiny catalog, and a store of 3,000 items loaded in a fresh process."""
+    folder = write_tiny_dataset(tmp_path)
+    cells = ["plain encode (torch fp32)", "token cap 32"]
+    out = tmp_path / "out"
+    encode.main(["--item-file", str(folder / "tiny.item"), "--sample", "20", "--rounds", "1",
+                 "--cells", *cells, "--store-items", "3000", "--out", str(out)])  # fmt: skip
+    speed = pd.read_csv(out / "speed.csv").set_index("cell")
+    assert list(speed.index) == cells and (speed["items_per_s"] > 0).all()
+    assert speed.loc[cells[0], "speedup"] == 1.0 and speed.loc[cells[0], "cosine_min"] == pytest.approx(1.0)
+    store = pd.read_json(out / "store.json", typ="series")
+    assert store["items"] == 3000 and 0 < store["store_open_s"] <= store["store_total_s"]
+    assert (out / "encode_speed.png").stat().st_size > 0 and "token cap 32" in (out / "encode.md").read_text()

@@ -20,7 +20,7 @@ from recbole.data import create_dataset
 from recbole_srt.features import (
     ItemEncoder,
     ItemFeatureError,
-    cache_stem,
+    default_cache_dir,
     load_item_features,
     read_item_texts,
     resolve_encoder,
@@ -36,8 +36,10 @@ def fake_encoding(texts, *args, **kwargs) -> np.ndarray:
 
 
 @pytest.fixture
-def counting_encoder(monkeypatch):
-    """Replace the sentence encoder by :func:`fake_encoding` and count the texts it encodes."""
+def counting_encoder(monkeypatch, tmp_path):
+    """Replace the sentence encoder by :func:`fake_encoding` (with a store of its own under
+    ``tmp_path/store``) and count the texts it encodes."""
+    monkeypatch.setenv("RECBOLE_SRT_CACHE", str(tmp_path / "store"))
     calls: list[int] = []
 
     def encode(self, texts):
@@ -86,22 +88,44 @@ def test_rows_align_with_shuffled_internal_ids(tmp_path, counting_encoder):
         np.testing.assert_array_equal(matrix[internal_id], expected)
 
 
-def test_second_load_encodes_nothing_and_edits_invalidate(tmp_path, counting_encoder):
+def shard_files(tmp_path: Path, suffix: str) -> list[Path]:
+    """The store's files ending in ``suffix`` (of the default encoder setting, as written by the tests)."""
+    return sorted((tmp_path / "store" / "vectors").glob(f"all-MiniLM-L6-v2-*/*{suffix}"))
+
+
+def test_second_load_encodes_nothing_and_only_new_texts_are_encoded(tmp_path, counting_encoder):
     folder = write_tiny_dataset(tmp_path)
     config, dataset = recbole_dataset(tmp_path)
     first = load_item_features(config, dataset)
     assert counting_encoder == [31]  # 30 distinct titles + the empty string
-    assert (folder / "tiny.srt-all-MiniLM-L6-v2.npy").is_file()
+    assert len(shard_files(tmp_path, ".json")) == 1
 
     second = load_item_features(config, dataset)
-    assert counting_encoder == [31], "a cache hit must encode nothing"
+    assert counting_encoder == [31], "a store that holds every text must encode nothing"
     np.testing.assert_array_equal(first.numpy(), second.numpy())
 
     item_file = folder / "tiny.item"
     item_file.write_text(item_file.read_text().replace("model 3\t", "model three\t"))
     third = load_item_features(config, dataset)
-    assert len(counting_encoder) == 2
-    assert not np.array_equal(first.numpy(), third.numpy())
+    assert counting_encoder == [31, 1], "only the edited text is new"
+    changed = dataset.field2id_token["item_id"].tolist().index("i3")
+    assert not np.array_equal(first.numpy()[changed], third.numpy()[changed])
+    np.testing.assert_array_equal(np.delete(first.numpy(), changed, 0), np.delete(third.numpy(), changed, 0))
+
+
+def test_a_derived_dataset_reuses_every_vector(tmp_path, counting_encoder):
+    """A cold-start copy, a pre-training mix or a serving catalog with known texts encodes nothing."""
+    write_tiny_dataset(tmp_path)
+    config, dataset = recbole_dataset(tmp_path)
+    features = load_item_features(config, dataset).numpy()
+    copy = write_tiny_dataset(tmp_path, name="copy", n_items=20, seed=3)  # other users, a subset of the items
+    copy_config, copy_dataset = recbole_dataset(tmp_path, name="copy")
+    copied = load_item_features(copy_config, copy_dataset).numpy()
+    assert counting_encoder == [31]
+    tokens = dataset.field2id_token["item_id"].tolist()
+    for row, token in enumerate(copy_dataset.field2id_token["item_id"][1:], start=1):
+        np.testing.assert_array_equal(copied[row], features[tokens.index(token)])
+    assert copy.is_dir()
 
 
 def test_items_without_text_are_counted_and_get_the_empty_text(tmp_path, counting_encoder, caplog):
@@ -164,42 +188,98 @@ def test_bundled_default_encoder_loads_offline_and_separates_texts():
     assert similarity[0, 1] > similarity[0, 2]
 
 
-def test_a_warm_cache_never_imports_sentence_transformers(tmp_path):
+TEXTS = [
+    "red guitar strings",
+    "Lab goggles. Safety. Brand: Acme. Anti-fog, scratch resistant, for chemistry and biology labs",
+    "pipette tips, 1000 ul, sterile, racked, universal fit for all major brands of pipettes",
+]
+
+
+def test_onnx_backends_are_exported_once_and_match_torch(tmp_path, monkeypatch):
+    reference = ItemEncoder(cache_dir=tmp_path).encode(TEXTS)
+    onnx = ItemEncoder(backend="onnx", cache_dir=tmp_path, batch_size=2).encode(TEXTS)
+    assert np.abs(onnx - reference).max() < 1e-4
+    int8 = ItemEncoder(backend="onnx-int8", cache_dir=tmp_path).encode(TEXTS)
+    assert ((int8 * reference).sum(1) / np.linalg.norm(int8, axis=1) > 0.95).all()  # close, not equal
+    assert np.abs(int8 - reference).max() > 1e-4
+    (export,) = (tmp_path / "encoders").iterdir()
+    assert sorted(p.name for p in export.iterdir()) == ["model-int8.onnx", "model.onnx"]
+    monkeypatch.setattr("torch.onnx.export", lambda *a, **k: pytest.fail("exported again"))
+    np.testing.assert_allclose(ItemEncoder(backend="onnx", cache_dir=tmp_path).encode(TEXTS), onnx, atol=1e-6)
+
+
+def test_token_cap_and_processes(tmp_path):
+    full = ItemEncoder(cache_dir=tmp_path).encode(TEXTS)
+    capped = ItemEncoder(max_tokens=8, cache_dir=tmp_path).encode(TEXTS)
+    np.testing.assert_allclose(capped[0], full[0], atol=1e-5)  # 5 tokens with [CLS] and [SEP]: unchanged
+    assert np.abs(capped[1:] - full[1:]).max() > 1e-3  # the long texts are cut
+    np.testing.assert_allclose(ItemEncoder(processes=2, cache_dir=tmp_path).encode(TEXTS), full, atol=1e-5)
+
+
+def test_a_warm_store_never_imports_sentence_transformers(tmp_path):
     """The encoder library (and its memory) is loaded only when something must be encoded."""
     import subprocess
     import sys
 
     folder = write_tiny_dataset(tmp_path)
-    texts = read_item_texts(folder / "tiny.item", "item_id")
-    stem = cache_stem(folder, "tiny", "fake")
-    encoder = ItemEncoder("fake")
+    texts = read_item_texts(folder / "tiny.item", "item_id").texts
+    encoder = ItemEncoder("fake", cache_dir=tmp_path / "store")
     encoder._model = type("Fake", (), {"encode": lambda self, texts, **kw: fake_encoding(texts)})()
-    encoder.encode_items(texts, stem)
+    encoder.vectors(texts)
     code = (
         "import sys; from pathlib import Path\n"
         "from recbole_srt.features import ItemEncoder, read_item_texts\n"
-        f"texts = read_item_texts(Path({str(folder / 'tiny.item')!r}), 'item_id')\n"
-        f"m, _ = ItemEncoder('fake').encode_items(texts, Path({str(stem)!r}))\n"
+        f"texts = read_item_texts(Path({str(folder / 'tiny.item')!r}), 'item_id').texts\n"
+        f"m = ItemEncoder('fake', cache_dir={str(tmp_path / 'store')!r}).vectors(texts)\n"
         "print(m.shape[0], 'sentence_transformers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["30", "False"]
 
 
-def test_cache_location_rule(tmp_path):
-    assert cache_stem(tmp_path, "d", "org/My Encoder") == tmp_path / "d.srt-My_Encoder"
-    assert cache_stem(tmp_path, "d", "e", cache_dir=tmp_path / "c") == tmp_path / "c" / "d.srt-e"
+def test_store_location_and_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECBOLE_SRT_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("RECBOLE_SRT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "recbole_srt"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == Path.home() / ".cache" / "recbole_srt"
+    # Aliases of one encoder share a setting; what changes the vectors changes it; processes do not.
+    plain = ItemEncoder("all-MiniLM-L6-v2").setting
+    assert plain == ItemEncoder("sentence-transformers/all-MiniLM-L6-v2", processes=2).setting
+    assert plain.startswith("all-MiniLM-L6-v2-")
+    others = {ItemEncoder(backend="onnx-int8").setting, ItemEncoder(max_tokens=64).setting}
+    others |= {ItemEncoder(precision="bf16").setting, ItemEncoder("org/My Encoder").setting}
+    assert len(others | {plain}) == 5
+    assert ItemEncoder(max_tokens=64).setting.startswith("all-MiniLM-L6-v2-t64-")
+    assert ItemEncoder("org/My Encoder").setting.startswith("My_Encoder-")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"backend": "tensorrt"}, "text_encoder_backend must be one of"),
+        ({"precision": "int4"}, "text_encoder_precision must be one of"),
+        ({"backend": "onnx", "precision": "bf16"}, "apply to text_encoder_backend torch"),
+        ({"max_tokens": 0}, "text_max_tokens must be a positive integer, got 0"),
+        ({"processes": 1.5}, "text_encoder_processes must be a positive integer, got 1.5"),
+    ],
+)
+def test_bad_encoder_options_are_refused(options, message):
+    with pytest.raises(ItemFeatureError, match=message):
+        ItemEncoder(**options)
 
 
 # --- bad input: a damaged cache is rebuilt, a bad item_feature_file is a clear error ---------------
 
 
 def _cached(tmp_path, counting_encoder):
-    """A tiny dataset whose feature cache was just written; (config, dataset, features, npy, json)."""
-    folder = write_tiny_dataset(tmp_path)
+    """A tiny dataset whose vectors were just stored; (config, dataset, features, vectors npy, index json)."""
+    write_tiny_dataset(tmp_path)
     config, dataset = recbole_dataset(tmp_path)
     features = load_item_features(config, dataset).numpy()
-    npy, meta = (folder / f"tiny.srt-all-MiniLM-L6-v2.{ext}" for ext in ("npy", "json"))
+    (npy,), (meta,) = shard_files(tmp_path, ".vectors.npy"), shard_files(tmp_path, ".json")
     assert counting_encoder == [31]
     return config, dataset, features, npy, meta
 
@@ -234,20 +314,20 @@ def _damage_dtype(npy, meta):
 @pytest.mark.parametrize(
     ("damage", "warning"),
     [
-        (_damage_extra_rows, r"shape \[34, 8\] float32, its index records \[31, 8\] float32 \(31 rows\)"),
-        (_damage_fewer_rows, r"shape \[27, 8\] float32, its index records \[31, 8\] float32 \(31 rows\)"),
-        (_damage_truncated, r"\.npy: unreadable \("),
-        (_damage_index, r"\.json: unreadable index \("),
-        (_damage_values, "its content differs from the SHA-256 the index records"),
-        (_damage_dtype, r"shape \[31, 8\] float64, its index records \[31, 8\] float32"),
+        (_damage_extra_rows, r"shape \[34, 8\], 31 keys; its index records \[31, 8\]"),
+        (_damage_fewer_rows, r"shape \[27, 8\], 31 keys; its index records \[31, 8\]"),
+        (_damage_truncated, r"unreadable \("),
+        (_damage_index, r"unreadable \("),
+        (_damage_values, "its content differs from the SHA-256 its index records"),
+        (_damage_dtype, r"dtype float64, its index records float32"),
     ],
 )
-def test_a_damaged_feature_cache_is_rebuilt_with_one_warning(
+def test_a_damaged_store_shard_is_dropped_and_encoded_again_with_one_warning(
     tmp_path, counting_encoder, caplog, damage, warning
 ):
     config, dataset, features, npy, meta = _cached(tmp_path, counting_encoder)
     damage(npy, meta)
-    with caplog.at_level(logging.WARNING, logger="recbole_srt.features"):
+    with caplog.at_level(logging.WARNING, logger="recbole_srt.store"):
         rebuilt = load_item_features(config, dataset).numpy()
     (record,) = caplog.records
     assert record.levelname == "WARNING" and record.getMessage().endswith("; re-encoding")
@@ -255,29 +335,36 @@ def test_a_damaged_feature_cache_is_rebuilt_with_one_warning(
     assert counting_encoder == [31, 31]  # encoded again, once
     np.testing.assert_array_equal(rebuilt, features)
     caplog.clear()
-    load_item_features(config, dataset)  # the rebuilt cache is whole again: a silent hit
+    load_item_features(config, dataset)  # the store is whole again: a silent hit
     assert counting_encoder == [31, 31] and not caplog.records
 
 
-def test_a_cache_written_before_integrity_records_is_rebuilt_once(tmp_path, counting_encoder, caplog):
-    config, dataset, _, npy, meta = _cached(tmp_path, counting_encoder)
-    index = json.loads(meta.read_text())
-    meta.write_text(
-        json.dumps({k: v for k, v in index.items() if k not in ("shape", "dtype", "array_sha256")})
-    )
-    with caplog.at_level(logging.WARNING, logger="recbole_srt.features"):
+def test_a_shard_touched_but_intact_is_checked_once_and_kept(tmp_path, counting_encoder, caplog):
+    config, dataset, features, npy, meta = _cached(tmp_path, counting_encoder)
+    npy.write_bytes(npy.read_bytes())  # a copy without its times (cp without -p): same bytes, new mtime
+    with caplog.at_level(logging.WARNING, logger="recbole_srt.store"):
+        np.testing.assert_array_equal(load_item_features(config, dataset).numpy(), features)
+    assert counting_encoder == [31] and not caplog.records
+    stat = npy.stat()
+    assert json.loads(meta.read_text())["vectors_stat"] == [stat.st_size, stat.st_mtime_ns]
+
+
+def test_an_unwritable_store_is_one_clear_error(tmp_path, counting_encoder, monkeypatch):
+    write_tiny_dataset(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    config, dataset = recbole_dataset(tmp_path, feature_cache_dir=str(tmp_path / "a-file"))
+    with pytest.raises(ValueError, match=r"cannot write the item feature store .*; set feature_cache_dir"):
         load_item_features(config, dataset)
-    assert "records no shape, dtype and SHA-256 (an older version wrote it)" in caplog.text
-    assert counting_encoder == [31, 31]
 
 
-def test_cache_files_have_the_users_umask_and_no_temporary_file_stays(tmp_path, counting_encoder):
+def test_store_files_have_the_users_umask_and_no_temporary_file_stays(tmp_path, counting_encoder):
     old = os.umask(0o027)
     try:
         _, _, _, npy, meta = _cached(tmp_path, counting_encoder)
     finally:
         os.umask(old)
-    assert stat.S_IMODE(npy.stat().st_mode) == stat.S_IMODE(meta.stat().st_mode) == 0o640
+    for path in npy.parent.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
     assert not list(npy.parent.glob(".*.tmp"))
 
 

@@ -1,0 +1,172 @@
+"""Item-text encoding: items/s of each ItemEncoder option against plain encode, in one run, and the
+time to load a million items' vectors from the store.
+
+::
+
+    python benchmarks/encode.py --item-file data/scientific/scientific.item --sample 2000 --rounds 2 \
+        --out results/encode
+    python benchmarks/encode.py --store-items 1000000 --out results/encode    # the store-load part only
+
+Speed: every cell encodes the same ``--sample`` texts (drawn with a fixed seed), the cells
+interleaved in ``--rounds`` rounds after one warm-up call each (model load, ONNX export); a cell's
+median round is kept. Fidelity: cosine similarity of each cell's vectors to plain encode's.
+SRT's validation NDCG@10 with each option's features is measured by ``benchmarks/compare.py`` with
+``benchmarks/grids/encoders.yaml`` (training, not encoding, so not here).
+
+Store load: ``--store-items`` synthetic texts with random 384-dim vectors are stored once; a fresh
+process then opens the store, hashes the texts and gathers their vectors (:meth:`VectorStore.vectors`),
+beside reading the same matrix as one plain ``.npy`` and checking its SHA-256 (what the cache kept
+beside each dataset did before the store).
+
+Writes ``speed.csv``, ``store.json``, ``encode.md`` and ``encode_speed.png`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from recbole_srt.features import ItemEncoder, read_item_texts  # noqa: E402
+from recbole_srt.store import VectorStore, digests  # noqa: E402
+
+PLAIN = "plain encode (torch fp32)"
+CELLS: dict[str, dict] = {
+    "plain encode (torch fp32)": {},
+    "token cap 64": {"max_tokens": 64},
+    "token cap 32": {"max_tokens": 32},
+    "bf16 weights": {"precision": "bf16"},
+    "2 processes": {"processes": 2},
+    "onnx": {"backend": "onnx"},
+    "onnx-int8": {"backend": "onnx-int8"},
+    "onnx-int8, cap 64": {"backend": "onnx-int8", "max_tokens": 64},
+}
+
+
+def speed(texts: list[str], cells: list[str], rounds: int, cache_dir: Path, batch_size: int) -> pd.DataFrame:
+    """One row per cell: median seconds and items/s over ``rounds``, cosine to plain encode (the first)."""
+    cells = [PLAIN, *(cell for cell in cells if cell != PLAIN)]
+    encoders = {
+        name: ItemEncoder(batch_size=batch_size, cache_dir=cache_dir, **CELLS[name]) for name in cells
+    }
+    for encoder in encoders.values():
+        encoder.encode(texts[:64])  # warm-up: load the model, export ONNX once
+    seconds: dict[str, list[float]] = {name: [] for name in encoders}
+    vectors: dict[str, np.ndarray] = {}
+    for round_ in range(rounds):
+        for name, encoder in encoders.items():
+            start = time.perf_counter()
+            vectors[name] = encoder.encode(texts)
+            seconds[name].append(time.perf_counter() - start)
+            print(
+                f"round {round_ + 1}/{rounds} {name}: {len(texts) / seconds[name][-1]:.1f} items/s",
+                flush=True,
+            )
+    plain = PLAIN
+    rows = []
+    for name, times in seconds.items():
+        a, b = vectors[name], vectors[plain]
+        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        median = statistics.median(times)
+        rows.append({
+            "cell": name,
+            "settings": json.dumps(CELLS[name]),
+            "s": round(median, 2),
+            "items_per_s": round(len(texts) / median, 1),
+            "speedup": round(statistics.median(seconds[plain]) / median, 2),
+            "cosine_mean": round(float(cosine.mean()), 5),
+            "cosine_min": round(float(cosine.min()), 5),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+_LOAD = """
+import json, sys, time, numpy as np
+from recbole_srt.store import VectorStore
+folder, n = sys.argv[1], int(sys.argv[2])
+texts = [f"item {i}: a product title, with its brand" for i in range(n)]
+start = time.perf_counter(); store = VectorStore(folder); opened = time.perf_counter()
+matrix = store.vectors(texts, lambda new: 1 / 0)
+done = time.perf_counter()
+start_npy = time.perf_counter(); plain = np.load(folder + "/../plain.npy"); loaded = time.perf_counter()
+import hashlib; hashlib.sha256(plain.data).hexdigest(); hashed = time.perf_counter()
+assert np.array_equal(matrix, plain)
+print(json.dumps({"store_open_s": opened - start, "store_hash_and_gather_s": done - opened,
+                  "store_total_s": done - start, "plain_npy_load_s": loaded - start_npy,
+                  "plain_npy_load_and_sha256_s": hashed - start_npy}))
+"""
+
+
+def store_load(n: int, dim: int = 384) -> dict:
+    """Seconds to load ``n`` items' vectors from a store in a fresh process (see the module docstring)."""
+    with tempfile.TemporaryDirectory(prefix="srt-store-bench-") as tmp:
+        folder = Path(tmp) / "store"
+        texts = [f"item {i}: a product title, with its brand" for i in range(n)]
+        matrix = np.random.default_rng(0).standard_normal((n, dim), dtype=np.float32)
+        VectorStore(folder).add(digests(texts), matrix)
+        np.save(Path(tmp) / "plain.npy", matrix)
+        out = subprocess.run(
+            [sys.executable, "-c", _LOAD, str(folder), str(n)], capture_output=True, text=True
+        )
+        if out.returncode:
+            raise SystemExit(out.stderr)
+        return {"items": n, "dim": dim, **{k: round(v, 3) for k, v in json.loads(out.stdout).items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--item-file", type=Path, help="a RecBole .item file whose texts are encoded")
+    parser.add_argument("--sample", type=int, default=2000, help="texts per cell and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS), help="cells to time")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--store-items", type=int, default=0, help="also time loading this many items' vectors"
+    )
+    parser.add_argument("--out", type=Path, default=Path("results/encode"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = []
+    if args.item_file:
+        texts = read_item_texts(args.item_file, "item_id").texts
+        texts = random.Random(0).sample(texts, min(args.sample, len(texts)))
+        with tempfile.TemporaryDirectory(prefix="srt-encode-bench-") as cache:
+            table = speed(texts, args.cells, args.rounds, Path(cache), args.batch_size)
+        table.to_csv(args.out / "speed.csv", index=False)
+        report.append(f"{len(texts)} texts of {args.item_file}, median of {args.rounds} rounds\n")
+        report.append(
+            tabulate(table.drop(columns="settings"), headers="keys", tablefmt="github", showindex=False)
+        )
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.barh(table["cell"], table["items_per_s"])
+        ax.invert_yaxis()
+        ax.set_xlabel("items/s")
+        ax.set_title(f"encoding {len(texts)} item texts ({args.item_file.stem})")
+        fig.tight_layout()
+        fig.savefig(args.out / "encode_speed.png", dpi=120)
+    if args.store_items:
+        load = store_load(args.store_items)
+        (args.out / "store.json").write_text(json.dumps(load, indent=2))
+        report.append(tabulate([load], headers="keys", tablefmt="github"))
+    text = "\n\n".join(report) + "\n"
+    (args.out / "encode.md").write_text(text)
+    print(text)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
