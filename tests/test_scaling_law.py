@@ -274,3 +274,28 @@ def test_cli_rejects_a_table_without_the_schema(tmp_path, capsys):
     pd.DataFrame({"trial_id": ["a"], "model": ["SRT"]}).to_csv(results, index=False)
     assert scaling.main(["--results", str(results)]) == 2
     assert "missing columns" in capsys.readouterr().err
+
+
+def test_the_committed_cpu_scaling_results_refit_to_the_committed_table(tmp_path):
+    """``python benchmarks/scaling.py --results results/cpu-scaling/epochs.csv`` (the README's command)
+    runs on the committed sweep and reproduces its committed point estimates."""
+    from conftest import REPO
+
+    committed = REPO / "results" / "cpu-scaling"
+    assert (
+        scaling.main(
+            ["--results", str(committed / "epochs.csv"), "--out", str(tmp_path), "--bootstrap", "20"]
+        )
+        == 0
+    )
+    fits = json.loads((tmp_path / "scaling_fits.json").read_text())
+    expected = json.loads((committed / "scaling" / "scaling_fits.json").read_text())
+    assert set(fits["models"]) == set(expected["models"]) == {"SRT", "SASRec"}
+    for model, laws in expected["models"].items():
+        for law, fit in laws["fits"].items():
+            assert fits["models"][model]["fits"][law]["params"] == pytest.approx(fit["params"], rel=1e-6), (
+                model,
+                law,
+            )
+    for plot in ("loss_vs_params", "ndcg_vs_params", "loss_vs_compute", "srt_vs_baselines"):
+        assert (tmp_path / f"{plot}.png").stat().st_size > 0
