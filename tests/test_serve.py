@@ -39,7 +39,9 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     folder = write_favourite_dataset(root)
     with pytest.MonkeyPatch.context() as patch:  # module fixtures run before conftest's sys.argv guard
         patch.setattr("sys.argv", ["pytest"])
-        run_recbole(model="SRT", dataset="fav", config_dict=tiny_config(root, epochs=4, learning_rate=0.01))
+        # prefix rows: 4 epochs of whole-sequence rows on 40 users would be 4 optimiser steps
+        config = tiny_config(root, epochs=4, learning_rate=0.01, train_rows="prefixes")
+        run_recbole(model="SRT", dataset="fav", config_dict=config)
     (checkpoint,) = (root / "saved").glob("SRT-*.pth")
     return checkpoint, folder / "fav.item"
 
