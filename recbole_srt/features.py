@@ -406,7 +406,7 @@ class ItemEncoder:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
             except ImportError:
                 raise ItemFeatureError(
-                    'text_encoder_backend onnx-int8 needs onnx: pip install "recbole-srt[onnx]"'
+                    "text_encoder_backend onnx-int8 needs onnx: pip install onnx"
                 ) from None
             with replacing(int8) as tmp:
                 quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
