@@ -36,7 +36,9 @@ class SettingError(ValueError):
 
 
 # Settings a model validates itself in more forms than their default's type (SRT: a number, a list, a dict).
-_MODEL_VALIDATED = {"SRT": PER_BLOCK_KEYS}
+# Keys a model checks itself: SRT's per-block dropouts (a number, a list or a rule) and the token cap
+# (an integer or ~ for the encoder's own limit; ItemEncoder checks it).
+_MODEL_VALIDATED = {"SRT": (*PER_BLOCK_KEYS, "text_max_tokens")}
 _KIND_NAMES = {bool: "a boolean (True or False)", int: "an integer", float: "a number"}
 
 

@@ -466,3 +466,17 @@ def test_some_texts_empty_is_a_warning_with_the_fraction(tmp_path, counting_enco
     with caplog.at_level(logging.WARNING, logger="recbole_srt.features"):
         load_item_features(config, dataset)
     assert "6 of 30 items (20.0 %) have no text in fields ['title', 'brand']" in caplog.text
+
+
+def test_the_token_cap_takes_none_for_the_encoders_own_limit_and_refuses_text(tmp_path):
+    from recbole_srt.checks import check_config_before_data
+    from recbole_srt.pipeline import make_config
+
+    write_tiny_dataset(tmp_path)
+    check_config_before_data(
+        make_config("SRT", "tiny", config_dict=tiny_config(tmp_path, text_max_tokens=None))
+    )
+    with pytest.raises(ItemFeatureError, match="text_max_tokens must be a positive integer, got 'abc'"):
+        check_config_before_data(
+            make_config("SRT", "tiny", config_dict=tiny_config(tmp_path, text_max_tokens="abc"))
+        )
