@@ -112,19 +112,22 @@ class VectorStore:
         """Open every shard: ``_shards`` (memory-mapped vectors) and ``_index`` (digest -> row of
         ``_where``, the ``[n, 2]`` shard and row of each stored text)."""
         self._shards: list[np.ndarray] = []
-        where = []
-        keys = []
+        self._index: dict[bytes, int] = {}
+        self._where = np.empty((0, 2), dtype=np.int64)
         for index_file in sorted(self.folder.glob("*.json")):
             shard = self._open_shard(index_file)
-            if shard is None:
-                continue
-            shard_keys, vectors = shard
-            keys += shard_keys.tolist()
-            rows = np.arange(len(shard_keys), dtype=np.int64)
-            where.append(np.stack([np.full_like(rows, len(self._shards)), rows], axis=1))
-            self._shards.append(vectors)
-        self._index = {key: i for i, key in enumerate(keys)}
-        self._where = np.concatenate(where) if where else np.empty((0, 2), dtype=np.int64)
+            if shard is not None:
+                self._append(*shard)
+
+    def _append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Make one opened shard's ``keys`` and (memory-mapped) ``vectors`` findable."""
+        rows = np.arange(len(keys), dtype=np.int64)
+        start = len(self._where)
+        self._where = np.concatenate(
+            [self._where, np.stack([np.full_like(rows, len(self._shards)), rows], 1)]
+        )
+        self._index.update({key: start + i for i, key in enumerate(keys.tolist())})
+        self._shards.append(vectors)
 
     def _find(self, keys: np.ndarray) -> np.ndarray:
         """The row of ``_where`` of each digest in ``keys``, -1 where absent."""
@@ -161,7 +164,7 @@ class VectorStore:
                 "(or $RECBOLE_SRT_CACHE) to a writable folder"
             ) from None
         logger.info("item feature store %s: added %d vectors (%s)", self.folder, len(keys), name)
-        self._load()
+        self._append(keys, np.load(vectors_file, mmap_mode="r", allow_pickle=False))
 
     def vectors(self, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         """float32 ``[len(texts), F]``: stored vectors, and ``encode(texts never stored)`` (each distinct
