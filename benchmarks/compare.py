@@ -65,8 +65,14 @@ PROTOCOL_KEYS = ("topk", "metrics", "eval_args")
 # full ranking, then the SRT paper's Recall/NDCG@5 against 10,000 sampled negatives (recbole_srt.metrics)
 METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "sampled_recall@5", "sampled_ndcg@5"]
 KS = (10, 20)
-SLICES = ["unseen_test_users", "unseen_recall@10", "unseen_ndcg@10", "cold_test_users", "cold_recall@10",
-          "cold_ndcg@10"]  # fmt: skip
+# test targets by how often they occur in the training part of the sequences (the valid-to-test gap)
+POPULARITY_BINS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, None))
+POPULARITY_LABELS = [f"{lo}" if lo == hi else f"{lo}+" if hi is None else f"{lo}-{hi}"
+                     for lo, hi in POPULARITY_BINS]  # fmt: skip
+SLICES = ["unseen_test_users", "unseen_recall@10", "unseen_ndcg@10", "warm_test_users", "warm_recall@10",
+          "warm_ndcg@10", "cold_test_users", "cold_recall@10", "cold_ndcg@10",
+          *(f"{split}_pop{b}_{m}" for split in ("valid", "test") for b in POPULARITY_LABELS
+            for m in ("users", "ndcg@10"))]  # fmt: skip
 COSTS = ["params_trainable", "params_catalog", "s_per_epoch", "peak_rss_mb", "scoring_users_per_s"]
 ML_100K_LOAD_COL = {"inter": ["user_id", "item_id", "rating", "timestamp"]}
 
@@ -110,6 +116,17 @@ def _read_atomic(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
 
 
+def _sorted_interactions(spec: DatasetSpec) -> tuple[pd.DataFrame, tuple[str, str, str]]:
+    """The atomic ``.inter`` file (strings, plus a float ``_t``) in (user, time) order; its user, item
+    and timestamp column names."""
+    inter = _read_atomic(spec.folder / f"{spec.name}.inter")
+    columns = tuple(
+        next(c for c in inter.columns if c.startswith(f"{f}:")) for f in ("user_id", "item_id", "timestamp")
+    )
+    inter["_t"] = inter[columns[2]].astype(float)
+    return inter.sort_values([columns[0], "_t"], kind="stable"), columns
+
+
 def hold_out_items(
     spec: DatasetSpec, fraction: float, seed: int, out_dir: Path
 ) -> tuple[DatasetSpec, set[str]]:
@@ -123,12 +140,7 @@ def hold_out_items(
 
     name = f"{spec.name}-cold{round(fraction * 100)}"
     folder = out_dir / name
-    inter = _read_atomic(spec.folder / f"{spec.name}.inter")
-    user, item, stamp = (
-        next(c for c in inter.columns if c.startswith(f"{f}:")) for f in ("user_id", "item_id", "timestamp")
-    )
-    inter["_t"] = inter[stamp].astype(float)
-    inter = inter.sort_values([user, "_t"], kind="stable")
+    inter, (user, item, _) = _sorted_interactions(spec)
     items = sorted(inter[item].unique())
     held_out = set(random.Random(seed).sample(items, max(1, round(fraction * len(items)))))
     is_last = ~inter.duplicated(user, keep="last")
@@ -177,19 +189,44 @@ def scoring_throughput(model, test_data, device) -> float:
     return users / (time.perf_counter() - start)
 
 
-def slice_metrics(result, cold_items: set[str] | None) -> dict:
-    """Scoring speed, the whole test set ranked by hand (a check), the unseen and cold slices."""
+def training_counts(spec: DatasetSpec, item_tokens: list[str]) -> np.ndarray:
+    """``[n_items]`` occurrences of each item (RecBole's id order ``item_tokens``) in the training part
+    of the users' time-ordered sequences: every interaction but each user's last two (leave-one-out's
+    valid and test targets)."""
+    inter, (user, item, _) = _sorted_interactions(spec)
+    training = inter[inter.groupby(user).cumcount(ascending=False) >= 2]
+    counts = training[item].value_counts()
+    return np.array([int(counts.get(token, 0)) for token in item_tokens], dtype=np.int64)
+
+
+def popularity_slices(split: str, targets: np.ndarray, ranks: np.ndarray, counts: np.ndarray) -> dict:
+    """Users and NDCG@10 of the targets in each bin of :data:`POPULARITY_BINS`."""
+    row = {}
+    for (lo, hi), label in zip(POPULARITY_BINS, POPULARITY_LABELS, strict=True):
+        inside = (counts[targets] >= lo) & (counts[targets] <= (hi if hi is not None else np.inf))
+        row[f"{split}_pop{label}_users"] = int(inside.sum())
+        row[f"{split}_pop{label}_ndcg@10"] = ranking_metrics(ranks[inside]).get("ndcg@10", float("nan"))
+    return row
+
+
+def slice_metrics(result, spec: DatasetSpec, cold_items: set[str] | None) -> dict:
+    """Scoring speed, the whole test set ranked by hand (a check), the unseen, warm and cold slices, and
+    the valid and test targets by training popularity."""
     config, train = result.config, result.train_data._dataset
     item_field = config["ITEM_ID_FIELD"]
     targets, ranks = target_ranks(result.trainer, result.test_data)
-    inter = train.inter_feat
-    seen = set(inter[item_field].tolist()) | set(inter[item_field + config["LIST_SUFFIX"]].flatten().tolist())
-    unseen = np.array([item not in seen for item in targets.tolist()], dtype=bool)
+    valid_targets, valid_ranks = target_ranks(result.trainer, result.valid_data)
+    counts = training_counts(spec, list(train.field2id_token[item_field]))
+    unseen = counts[targets] == 0
     row = {
         "scoring_users_per_s": scoring_throughput(result.model, result.test_data, config["device"]),
         "ranked_test_ndcg@10": ranking_metrics(ranks)["ndcg@10"],
         "unseen_test_users": int(unseen.sum()),
         **{f"unseen_{k}": v for k, v in ranking_metrics(ranks[unseen]).items()},
+        "warm_test_users": int((~unseen).sum()),
+        **{f"warm_{k}": v for k, v in ranking_metrics(ranks[~unseen]).items()},
+        **popularity_slices("valid", valid_targets, valid_ranks, counts),
+        **popularity_slices("test", targets, ranks, counts),
     }
     if cold_items is not None:
         id_of = {token: i for i, token in enumerate(train.field2id_token[item_field])}
@@ -219,7 +256,7 @@ def run_one(job: dict, threads: int | None) -> dict:
     result = run(config, evaluate_test=test, measure_flops=True, on_epoch=progress)
     row = {"label": job["label"], "overrides": job["overrides"], **result.record.to_dict()}
     if test:
-        row.update(slice_metrics(result, job["cold_items"]))
+        row.update(slice_metrics(result, spec, job["cold_items"]))
     return row
 
 
@@ -262,7 +299,8 @@ def planned_runs(args, datasets, labels: dict, settings: dict) -> list[dict]:
 
 def summarize(rows: pd.DataFrame, split: str) -> pd.DataFrame:
     """Mean and std over seeds per (dataset, label), best first for a valid-split grid."""
-    columns = [c for c in [f"{split}_{m}" for m in METRICS] + SLICES + COSTS + ["best_epoch"] if c in rows]
+    metrics = [f"{split}_{m}" for m in METRICS] + (["valid_ndcg@10"] if split == "test" else [])
+    columns = [c for c in metrics + SLICES + COSTS + ["best_epoch"] if c in rows]
     grouped = rows.groupby(["dataset", "label"], sort=False)[columns]
     summary = grouped.mean().join(grouped.std(ddof=0), rsuffix="_std")
     summary["seeds"] = rows.groupby(["dataset", "label"], sort=False).size()
@@ -299,10 +337,43 @@ def markdown(summary: pd.DataFrame, split: str, settings: dict, threads: int | N
         cold["ndcg@10"] = _mean_std(slices, "cold_ndcg@10")
         parts += ["", "Cold start (test targets held out of all training and validation sequences):", "",
                   cold.to_markdown(index=False, floatfmt=".0f")]  # fmt: skip
+    if split == "test" and "valid_pop0_users" in summary:
+        gap = gap_table(summary)
+        parts += ["", "From valid to test (NDCG@10), and the change expected from the targets' training "
+                  "popularity alone (valid NDCG@10 per popularity bin, weighted by the test targets' bins):",
+                  "", gap.to_markdown(index=False, floatfmt=".4f")]  # fmt: skip
     parts += ["", "Shared settings (every model; otherwise each model's own YAML defaults):", "", "```yaml",
               yaml.safe_dump(settings, sort_keys=False).strip(), "```", "",
               f"torch CPU threads per run: {threads or 'all cores'}."]  # fmt: skip
     return "\n".join(parts) + "\n"
+
+
+def gap_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """From valid to test NDCG@10, and how much of the change the targets' popularity mix explains.
+
+    ``valid, test mix``: each popularity bin's valid NDCG@10 weighted by the share of *test* targets in
+    that bin; what the valid score would have been had valid targets been as popular as test targets.
+    """
+    rows = []
+    for r in summary.to_dict("records"):
+        valid_bins = [r.get(f"valid_pop{b}_ndcg@10", np.nan) for b in POPULARITY_LABELS]
+        test_users = np.array([r.get(f"test_pop{b}_users", np.nan) for b in POPULARITY_LABELS], dtype=float)
+        valid_users = np.array([r.get(f"valid_pop{b}_users", np.nan) for b in POPULARITY_LABELS], dtype=float)
+        known = ~np.isnan(np.array(valid_bins, dtype=float)) & (test_users > 0)
+        if not known.any():
+            continue
+        mixed = float(np.dot(np.nan_to_num(valid_bins)[known], test_users[known]) / test_users[known].sum())
+        valid, test = r["valid_ndcg@10"], r["test_ndcg@10"]
+        rows.append({
+            "dataset": r["dataset"], "label": r["label"],
+            "valid N@10": valid, "test N@10": test, "change": f"{test / valid - 1:+.1%}",
+            "valid, test mix": mixed, "explained by the mix": f"{(mixed - valid) / (test - valid):.0%}"
+            if test != valid else "",
+            **{f"share seen ≤{POPULARITY_BINS[i][1]}× valid / test":
+               f"{valid_users[: i + 1].sum() / valid_users.sum():.2f} / "
+               f"{test_users[: i + 1].sum() / test_users.sum():.2f}" for i in (0, 1)},
+        })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def plot(summary: pd.DataFrame, split: str, path: Path) -> None:

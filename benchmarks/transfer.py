@@ -3,15 +3,18 @@
     python benchmarks/transfer.py --target-input PATH/TO/scientific-unisrec \
         --category 2018:Magazine_Subscriptions --input PATH/TO/amazon2018-magazine-subscriptions \
         --category 2014:Digital_Music:5core --input PATH/TO/amazon2014-digital-music-truncated \
-        [--pretrain-epochs 10 --epochs 4 --out results/transfer]
+        [--hidden-size 32 128 --pretrain-epochs 50 --epochs 10 --out results/transfer]
 
 1. data (cached under ``--work``): the target through ``dataset_prep.unisrec.import_unisrec``, the
    pre-training mix through ``dataset_prep.convert.convert`` with the leakage guard (the target's users
    are excluded);
-2. pre-train SRT on the mix (``--pretrain-epochs``);
-3. on the target, with the same ``--epochs`` budget for every row: zero-shot (no update), each
-   fine-tuning strategy from the pre-trained weights (:func:`recbole_srt.finetune`), SRT from scratch
-   and SASRec from scratch (same width and depth).
+2. for each ``--hidden-size``: pre-train SRT of that width on the mix (up to ``--pretrain-epochs``,
+   early stopping on the mix's valid NDCG@10);
+3. on the target, with the same ``--epochs`` budget for every row of that width: zero-shot (no update),
+   each fine-tuning strategy from the pre-trained weights (:func:`recbole_srt.finetune`), SRT from
+   scratch and SASRec from scratch (same width and depth).
+
+Several widths answer the paper's question: does a larger pre-trained model fine-tune better?
 
 Every row is :func:`recbole_srt.pipeline.run`: full-ranking evaluation, best epoch on valid
 NDCG@10, tested. Writes ``OUT/transfer.csv``, ``OUT/transfer.md`` (the table) and
@@ -55,10 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--target-input", type=Path, required=True, help="UniSRec folder of the target")
     p.add_argument("--target", default="scientific", help="target dataset name")
-    p.add_argument("--pretrain-epochs", type=int, default=10)
+    p.add_argument("--pretrain-epochs", type=int, default=50, help="cap (early stopping, patience 10)")
     p.add_argument("--epochs", type=int, default=4, help="target epochs of every fine-tuned or scratch row")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
-    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--hidden-size", type=int, nargs="+", default=[64], help="one or more widths")
+    p.add_argument("--no-sasrec", action="store_true", help="skip the SASRec-from-scratch rows")
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--max-seq-len", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=512)
@@ -89,11 +93,11 @@ def prepare_data(args: argparse.Namespace) -> tuple[Path, Path, dict]:
     return target_yaml, work / "pretrain" / "pretrain.yaml", report
 
 
-def model_settings(args: argparse.Namespace) -> dict:
-    """Width, depth and budget shared by every run."""
+def model_settings(args: argparse.Namespace, hidden: int) -> dict:
+    """Width, depth and budget shared by every run of one width."""
     return {
-        "hidden_size": args.hidden_size,
-        "inner_size": 4 * args.hidden_size,
+        "hidden_size": hidden,
+        "inner_size": 4 * hidden,
         "n_layers": args.n_layers,
         "n_heads": 2,
         "MAX_ITEM_LIST_LENGTH": args.max_seq_len,
@@ -110,7 +114,7 @@ def model_settings(args: argparse.Namespace) -> dict:
     }
 
 
-def row(name: str, init: str, trains: str, record, zero_shot: bool = False) -> dict:
+def row(name: str, hidden: int, init: str, trains: str, record, zero_shot: bool = False) -> dict:
     """One table row: the run's best-on-valid epoch, or (``zero_shot``) the weights before any update."""
     start = record.zero_shot_valid["ndcg@10"]
     valid, test = (
@@ -118,6 +122,7 @@ def row(name: str, init: str, trains: str, record, zero_shot: bool = False) -> d
     )
     return {
         "model": name,
+        "hidden": hidden,
         "init": init,
         "trains": trains,
         "epochs": 0 if zero_shot else len(record.epochs),
@@ -129,32 +134,40 @@ def row(name: str, init: str, trains: str, record, zero_shot: bool = False) -> d
     }
 
 
-def target_rows(args: argparse.Namespace, target_yaml: Path, checkpoint: str) -> list[dict]:
-    """Zero-shot, every strategy, SRT and SASRec from scratch on the target; one row each."""
-    settings = {**model_settings(args), "epochs": args.epochs}
+def target_rows(args: argparse.Namespace, hidden: int, target_yaml: Path, checkpoint: str) -> list[dict]:
+    """Zero-shot, every strategy, SRT (and SASRec) from scratch on the target; one row each."""
+    settings = {**model_settings(args, hidden), "epochs": args.epochs}
     rows = []
     for strategy in args.strategies:
         overrides = {**settings, "finetune_strategy": strategy}
         record = finetune(checkpoint, args.target, [str(target_yaml)], overrides).record
         if not rows:
-            rows.append(row("SRT", "pre-trained", "nothing (zero-shot)", record, zero_shot=True))
+            rows.append(row("SRT", hidden, "pre-trained", "nothing (zero-shot)", record, zero_shot=True))
         trains = " → ".join(stage.name for stage in record.stages)
-        rows.append(row("SRT", f"pre-trained, {strategy}", trains, record))
-    for name in ("SRT", "SASRec"):
+        rows.append(row("SRT", hidden, f"pre-trained, {strategy}", trains, record))
+        logger.info("hidden %d, %s: test NDCG@10 %.4f", hidden, strategy, record.test["ndcg@10"])
+    for name in ("SRT",) if args.no_sasrec else ("SRT", "SASRec"):
         record = run(make_config(name, args.target, [str(target_yaml)], settings), zero_shot=True).record
-        rows.append(row(name, "scratch", "all", record))
+        rows.append(row(name, hidden, "scratch", "all", record))
+        logger.info("hidden %d, %s from scratch: test NDCG@10 %.4f", hidden, name, record.test["ndcg@10"])
     return rows
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r in rows[1:]:
-        ax.plot(range(len(r["curve"])), r["curve"], marker="o", label=f"{r['model']} {r['init']}")
-    ax.scatter([0], [rows[0]["curve"][0]], color="black", zorder=3, label="SRT zero-shot")
-    ax.set(xlabel="epochs on the target", ylabel="valid NDCG@10", title="Fine-tuning vs from scratch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    """Valid NDCG@10 per target epoch, one panel per width."""
+    widths = sorted({r["hidden"] for r in rows})
+    fig, axes = plt.subplots(1, len(widths), figsize=(7 * len(widths), 4.2), squeeze=False, sharey=True)
+    for ax, hidden in zip(axes[0], widths, strict=True):
+        for r in (r for r in rows if r["hidden"] == hidden):
+            if r["epochs"] == 0:
+                ax.scatter([0], r["curve"], color="black", zorder=3, label="SRT zero-shot")
+            else:
+                ax.plot(range(len(r["curve"])), r["curve"], marker="o", label=f"{r['model']} {r['init']}")
+        ax.set(xlabel="epochs on the target", ylabel="valid NDCG@10", title=f"hidden {hidden}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Fine-tuning vs from scratch")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -181,20 +194,30 @@ def main(argv: list[str] | None = None) -> None:
     target_yaml, pretrain_yaml, report = prepare_data(args)
     logger.info("pre-training mix: %s interactions, %s users, %s items", report["rows"]["kept"],
                 report["users"]["after"], report["items"]["after"])  # fmt: skip
-    settings = {**model_settings(args), "epochs": args.pretrain_epochs}
-    pre = run(make_config("SRT", "pretrain", [str(pretrain_yaml)], settings)).record
-    rows = target_rows(args, target_yaml, pre.checkpoint)
-    seconds = time.perf_counter() - start
-
     guard = report["users"]["excluded"], report["dropped"]["excluded_user"]
     header = [
         f"Pre-training: {' + '.join(args.category)}, {args.min_inter}-core: "
         f"{report['rows']['kept']:,} interactions, {report['users']['after']:,} users, "
         f"{report['items']['after']:,} items; leakage guard removed {guard[0]:,} users of {args.target} "
-        f"({guard[1]:,} interactions). {args.pretrain_epochs} epochs, {pre.wall_s:.0f} s, "
-        f"its own test NDCG@10 {pre.test['ndcg@10']:.4f}.",
+        f"({guard[1]:,} interactions). Up to {args.pretrain_epochs} epochs, early stopping on the mix's "
+        "valid NDCG@10 (patience 10).",
+    ]
+    rows = []
+    for hidden in args.hidden_size:
+        settings = {**model_settings(args, hidden), "epochs": args.pretrain_epochs, "stopping_step": 10}
+        pre = run(make_config("SRT", "pretrain", [str(pretrain_yaml)], settings)).record
+        header.append(
+            f"hidden {hidden}: pre-trained {len(pre.epochs)} epochs (best {pre.best_epoch}), "
+            f"{pre.wall_s:.0f} s; {pre.params.non_embedding:,} non-embedding parameters; its own test "
+            f"NDCG@10 {pre.test['ndcg@10']:.4f}."
+        )
+        logger.info(header[-1])
+        rows += target_rows(args, hidden, target_yaml, pre.checkpoint)
+        write_results(rows, header, args.out)  # a partial table survives an interrupted run
+    seconds = time.perf_counter() - start
+    header += [
         f"Target: {args.target}, leave-one-out, full ranking; {args.epochs} target epochs per row, "
-        f"best epoch on valid NDCG@10. hidden {args.hidden_size}, {args.n_layers} layers, "
+        f"best epoch on valid NDCG@10. {args.n_layers} layers, "
         f"max length {args.max_seq_len}, batch {args.batch_size}, lr {args.learning_rate}.",
         f"Total wall time {seconds / 60:.1f} min on {os.cpu_count()} CPU cores "
         f"({torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} at the end).",

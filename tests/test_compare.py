@@ -67,6 +67,18 @@ def test_catalog_params_counts_item_tables_not_layers_of_the_same_width():
     assert catalog_params(IdModel(), 31) == 32 * 16 + 31
 
 
+def test_training_counts_leave_out_each_users_last_two(tmp_path):
+    folder = write_tiny_dataset(tmp_path, n_users=30)
+    spec = DatasetSpec("tiny", tmp_path, [str(folder / "tiny.yaml")])
+    inter = pd.read_csv(folder / "tiny.inter", sep="\t", dtype=str)
+    tokens = ["[PAD]", *sorted(inter["item_id:token"].unique())]
+    counts = compare.training_counts(spec, tokens)
+    assert counts[0] == 0 and counts.sum() == len(inter) - 2 * inter["user_id:token"].nunique()
+    cold, held_out = hold_out_items(spec, 0.2, seed=3, out_dir=tmp_path / "derived")
+    cold_counts = compare.training_counts(cold, tokens)
+    assert all(cold_counts[tokens.index(t)] == 0 for t in held_out)
+
+
 def test_held_out_items_only_remain_as_last_interactions(tmp_path):
     folder = write_tiny_dataset(tmp_path, n_users=60)
     spec = DatasetSpec("tiny", tmp_path, [str(folder / "tiny.yaml")])
@@ -116,8 +128,15 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, capsys):
     assert "sampled_ndcg@5" in (out / "results.md").read_text()
     cold = rows[rows["dataset"] == "tiny-cold20"]
     assert (cold["cold_test_users"] > 0).all() and cold["cold_ndcg@10"].between(0, 1).all()
+    # every test target is warm or unseen, lies in one popularity bin, and held-out items are never seen
+    users = rows[[f"test_pop{b}_users" for b in compare.POPULARITY_LABELS]].sum(axis=1)
+    assert (rows["warm_test_users"] + rows["unseen_test_users"] == users).all()
+    assert (rows[[f"valid_pop{b}_users" for b in compare.POPULARITY_LABELS]].sum(axis=1) == users).all()
+    assert (rows["unseen_test_users"] == rows["test_pop0_users"]).all()
+    assert (cold["test_pop0_users"] >= cold["cold_test_users"]).all()
     table = (out / "results.md").read_text()
     assert all(m in table for m in ("SRT", "SASRec", "BERT4Rec")) and "Cold start" in table
+    assert "From valid to test" in table
     assert (out / "results.png").stat().st_size > 0
 
     capsys.readouterr()
