@@ -449,10 +449,11 @@ class ItemEncoder:
                 model.stop_multi_process_pool(pool)
         return np.asarray(vectors, dtype=np.float32)
 
-    def vectors(self, texts: Sequence[str]) -> np.ndarray:
+    def vectors(self, texts: Sequence[str], *, padding_row: bool = False) -> np.ndarray:
         """``[len(texts), F]`` float32 vectors from this setting's store; texts it lacks are encoded
-        (each distinct text once) and stored. A store that holds every text loads no model."""
-        return self.store.vectors(list(texts), self.encode)
+        (each distinct text once) and stored. A store that holds every text loads no model.
+        ``padding_row``: an all-zero row first (:meth:`VectorStore.vectors`)."""
+        return self.store.vectors(list(texts), self.encode, padding_row=padding_row)
 
 
 class _Embedder(torch.nn.Module):
@@ -584,33 +585,34 @@ def load_item_features(config, dataset, encoder: ItemEncoder | None = None) -> t
             logger.warning("%s: %d repeated item ids, first row kept", item_file, texts.duplicate_rows)
         return texts
 
-    if config["item_feature_file"] is not None:
-        tokens, matrix = _supplied_features(Path(config["item_feature_file"]), lambda: item_texts().tokens)
-        missing_vector = np.zeros(matrix.shape[1], dtype=np.float32)
-    else:
+    if config["item_feature_file"] is None:
         texts = item_texts()
         text_of = dict(zip(texts.tokens, texts.texts, strict=True))
         used = dataset.field2id_token[item_id][1:]
         empty = [token for token in used if text_of.get(token) == ""]
+        absent = [token for token in used if token not in text_of]
         if empty and policy == "error":
             raise ItemFeatureError(
                 f"{len(empty)} items have empty text (e.g. {empty[:5]}) and missing_text=error"
             )
-        if policy == "empty":  # with "error", an item without a row stops the run below
-            n_without = len(empty) + sum(token not in text_of for token in used)
-            source = f"dataset {config['dataset']} ({item_file})"
-            check_text_coverage(n_without, len(used), source, texts.fields)
+        if absent and policy == "error":
+            raise ItemFeatureError(
+                f"{len(absent)} items have no feature row (e.g. {absent[:5]}); "
+                "set missing_text: empty to encode them as the empty string"
+            )
+        source = f"dataset {config['dataset']} ({item_file})"
+        check_text_coverage(len(empty) + len(absent), len(used), source, texts.fields)
         encoder = encoder or ItemEncoder.from_config(config)
         # What "auto" chose here goes into the config, and so into checkpoints: fine-tuning and
         # serving on another device then encode new texts the way training did.
         config["text_encoder_backend"], config["text_encoder_precision"] = encoder.backend, encoder.precision
-        matrix = encoder.vectors([*texts.texts, ""])
-        matrix, missing_vector, tokens = matrix[:-1], matrix[-1], texts.tokens
+        # In internal-id order with the padding row: a dataset loaded again gets the store's memory map
+        return torch.from_numpy(encoder.vectors([text_of.get(token, "") for token in used], padding_row=True))
 
-    aligned, absent = align_to_internal_ids(
-        dataset.field2id_token[item_id], tokens, matrix, None if policy == "error" else missing_vector
-    )
-    if absent and config["item_feature_file"] is not None:
+    tokens, matrix = _supplied_features(Path(config["item_feature_file"]), lambda: item_texts().tokens)
+    missing = None if policy == "error" else np.zeros(matrix.shape[1], dtype=np.float32)
+    aligned, absent = align_to_internal_ids(dataset.field2id_token[item_id], tokens, matrix, missing)
+    if absent:
         logger.warning(
             "%d of %d items have no row in %s (e.g. %s); they get zeros (missing_text=empty)",
             len(absent),

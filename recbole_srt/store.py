@@ -11,10 +11,11 @@ Layout of one setting's folder (:meth:`ItemEncoder.store_folder` names it)::
     <folder>/<shard>.json          shape, dtype and SHA-256 of both files, the vectors' size and mtime
 
 A shard is written once (atomically, the index last: a shard without its index does not exist)
-and never changed; each new batch of texts adds one. Reading memory-maps the vectors: opening a
-store of a million items reads only its keys. A shard whose vectors' size or modification time
-differs from its index is checked in full (shape, dtype, SHA-256); a damaged one is dropped with one
-warning, and its texts are encoded again when they are asked for.
+and never changed; each new batch of texts adds one, in the order asked. Reading memory-maps the
+vectors: opening a store of a million items reads only its keys, and asking again for the texts of
+one shard in its order returns the mapped rows themselves, copying nothing. A shard whose vectors'
+size or modification time differs from its index is checked in full (shape, dtype, SHA-256); a
+damaged one is dropped with one warning, and its texts are encoded again when they are asked for.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from recbole_srt.files import replacing
 logger = logging.getLogger(__name__)
 
 DIGEST = np.dtype("S16")
+# The key of the all-zero row a RecBole feature matrix starts with (internal id 0, padding). No text
+# hashes to it (BLAKE2b-128 would have to return 16 zero bytes), and it is never encoded.
+PADDING = b"\0" * 16
 
 
 class StoreError(ValueError):
@@ -78,7 +82,7 @@ class VectorStore:
             if not isinstance(index, dict):
                 raise ValueError(f"a JSON {type(index).__name__}, not an object")
             keys = np.load(keys_file, allow_pickle=False)
-            vectors = np.load(vectors_file, mmap_mode="r", allow_pickle=False)
+            vectors = np.load(vectors_file, mmap_mode="c", allow_pickle=False)
             found = vectors_file.stat()
         except (OSError, ValueError, EOFError) as error:
             logger.warning(
@@ -129,6 +133,11 @@ class VectorStore:
         self._index.update({key: start + i for i, key in enumerate(keys.tolist())})
         self._shards.append(vectors)
 
+    def _dim(self) -> int:
+        if not self._shards:
+            raise StoreError(f"item feature store {self.folder}: nothing but padding asked of an empty store")
+        return self._shards[0].shape[1]
+
     def _find(self, keys: np.ndarray) -> np.ndarray:
         """The row of ``_where`` of each digest in ``keys``, -1 where absent."""
         get = self._index.get
@@ -164,20 +173,35 @@ class VectorStore:
                 "(or $RECBOLE_SRT_CACHE) to a writable folder"
             ) from None
         logger.info("item feature store %s: added %d vectors (%s)", self.folder, len(keys), name)
-        self._append(keys, np.load(vectors_file, mmap_mode="r", allow_pickle=False))
+        self._append(keys, np.load(vectors_file, mmap_mode="c", allow_pickle=False))
 
-    def vectors(self, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    def vectors(
+        self, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], *, padding_row: bool = False
+    ) -> np.ndarray:
         """float32 ``[len(texts), F]``: stored vectors, and ``encode(texts never stored)`` (each distinct
-        text once), which are stored before returning."""
+        text once), which are stored before returning. ``padding_row``: ``[1 + len(texts), F]`` with an
+        all-zero row first (RecBole's padding id 0), stored with the texts.
+
+        When every row asked for is one run of one shard (the same texts asked again in the same
+        order), the result is that shard's memory map (copy-on-write): nothing is read until used."""
         keys = digests(texts)
+        if padding_row:
+            keys = np.concatenate([np.array([PADDING], dtype=DIGEST), keys])
+            texts = ["", *texts]  # never encoded: the padding key's vector is zeros
         at = self._find(keys)
         if (at < 0).any():
             missing = np.flatnonzero(at < 0)
             _, first = np.unique(keys[missing], return_index=True)
             first = missing[np.sort(first)]  # each new text once, in the order asked
-            self.add(keys[first], encode([texts[i] for i in first]))
+            pad = keys[first] == PADDING
+            new = encode([texts[i] for i in first[~pad]])
+            matrix = np.zeros((len(first), new.shape[1] if len(new) else self._dim()), dtype=np.float32)
+            matrix[~pad] = new
+            self.add(keys[first], matrix)
             at = self._find(keys)
         shard, row = self._where[at].T
+        if len(row) and (shard == shard[0]).all() and (np.diff(row) == 1).all():
+            return self._shards[shard[0]][row[0] : row[-1] + 1]
         if len(self._shards) == 1:
             return np.asarray(np.take(self._shards[0], row, axis=0))  # ~8x faster than fancy indexing
         out = np.empty((len(texts), self._shards[0].shape[1]), dtype=np.float32)

@@ -93,21 +93,36 @@ def shard_files(tmp_path: Path, suffix: str) -> list[Path]:
     return sorted((tmp_path / "store" / "vectors").glob(f"all-MiniLM-L6-v2-*/*{suffix}"))
 
 
+def mapped_from(address: int) -> Path | None:
+    """The file whose memory map holds ``address`` in this process (Linux ``/proc/self/maps``)."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *_, path = line.split(maxsplit=5) if len(line.split()) == 6 else [line.split()[0], None]
+        start, end = (int(x, 16) for x in span.split("-"))
+        if start <= address < end:
+            return Path(path) if path else None
+    return None
+
+
 def test_second_load_encodes_nothing_and_only_new_texts_are_encoded(tmp_path, counting_encoder):
     folder = write_tiny_dataset(tmp_path)
     config, dataset = recbole_dataset(tmp_path)
     first = load_item_features(config, dataset)
-    assert counting_encoder == [31]  # 30 distinct titles + the empty string
+    assert counting_encoder == [30]  # 30 distinct titles; the padding row is zeros, never encoded
     assert len(shard_files(tmp_path, ".json")) == 1
+    assert not first[0].any()
 
     second = load_item_features(config, dataset)
-    assert counting_encoder == [31], "a store that holds every text must encode nothing"
+    assert counting_encoder == [30], "a store that holds every text must encode nothing"
     np.testing.assert_array_equal(first.numpy(), second.numpy())
+    # asked again in the same order, the features are the shard's memory map, not a copy of it
+    (vectors_file,) = shard_files(tmp_path, ".vectors.npy")
+    assert mapped_from(second.data_ptr()) == vectors_file.resolve()
+    assert mapped_from(first.data_ptr()) == vectors_file.resolve()  # the first load maps what it wrote
 
     item_file = folder / "tiny.item"
     item_file.write_text(item_file.read_text().replace("model 3\t", "model three\t"))
     third = load_item_features(config, dataset)
-    assert counting_encoder == [31, 1], "only the edited text is new"
+    assert counting_encoder == [30, 1], "only the edited text is new"
     changed = dataset.field2id_token["item_id"].tolist().index("i3")
     assert not np.array_equal(first.numpy()[changed], third.numpy()[changed])
     np.testing.assert_array_equal(np.delete(first.numpy(), changed, 0), np.delete(third.numpy(), changed, 0))
@@ -121,7 +136,7 @@ def test_a_derived_dataset_reuses_every_vector(tmp_path, counting_encoder):
     copy = write_tiny_dataset(tmp_path, name="copy", n_items=20, seed=3)  # other users, a subset of the items
     copy_config, copy_dataset = recbole_dataset(tmp_path, name="copy")
     copied = load_item_features(copy_config, copy_dataset).numpy()
-    assert counting_encoder == [31]
+    assert counting_encoder == [30]
     tokens = dataset.field2id_token["item_id"].tolist()
     for row, token in enumerate(copy_dataset.field2id_token["item_id"][1:], start=1):
         np.testing.assert_array_equal(copied[row], features[tokens.index(token)])
@@ -293,9 +308,10 @@ def _cached(tmp_path, counting_encoder):
     """A tiny dataset whose vectors were just stored; (config, dataset, features, vectors npy, index json)."""
     write_tiny_dataset(tmp_path)
     config, dataset = recbole_dataset(tmp_path)
-    features = load_item_features(config, dataset).numpy()
+    # a copy: the features map the shard's file, which the damage functions rewrite in place
+    features = load_item_features(config, dataset).numpy().copy()
     (npy,), (meta,) = shard_files(tmp_path, ".vectors.npy"), shard_files(tmp_path, ".json")
-    assert counting_encoder == [31]
+    assert counting_encoder == [30]  # 30 titles; the 31st row is the padding
     return config, dataset, features, npy, meta
 
 
@@ -347,11 +363,11 @@ def test_a_damaged_store_shard_is_dropped_and_encoded_again_with_one_warning(
     (record,) = caplog.records
     assert record.levelname == "WARNING" and record.getMessage().endswith("; re-encoding")
     assert re.search(warning, record.getMessage()), record.getMessage()
-    assert counting_encoder == [31, 31]  # encoded again, once
+    assert counting_encoder == [30, 30]  # encoded again, once
     np.testing.assert_array_equal(rebuilt, features)
     caplog.clear()
     load_item_features(config, dataset)  # the store is whole again: a silent hit
-    assert counting_encoder == [31, 31] and not caplog.records
+    assert counting_encoder == [30, 30] and not caplog.records
 
 
 def test_a_shard_touched_but_intact_is_checked_once_and_kept(tmp_path, counting_encoder, caplog):
@@ -359,7 +375,7 @@ def test_a_shard_touched_but_intact_is_checked_once_and_kept(tmp_path, counting_
     npy.write_bytes(npy.read_bytes())  # a copy without its times (cp without -p): same bytes, new mtime
     with caplog.at_level(logging.WARNING, logger="recbole_srt.store"):
         np.testing.assert_array_equal(load_item_features(config, dataset).numpy(), features)
-    assert counting_encoder == [31] and not caplog.records
+    assert counting_encoder == [30] and not caplog.records
     stat = npy.stat()
     assert json.loads(meta.read_text())["vectors_stat"] == [stat.st_size, stat.st_mtime_ns]
 
