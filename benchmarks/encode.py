@@ -56,6 +56,8 @@ CELLS: dict[str, dict] = {
     "onnx": {"backend": "onnx"},
     "onnx-int8": {"backend": "onnx-int8"},
     "onnx-int8, cap 64": {"backend": "onnx-int8", "max_tokens": 64},
+    "onnx-int8, cap 48": {"backend": "onnx-int8", "max_tokens": 48},
+    "onnx-int8, cap 32": {"backend": "onnx-int8", "max_tokens": 32},
 }
 
 

@@ -392,6 +392,22 @@ def plot_loss_vs_compute(analyses: dict[str, dict], loss_col: str, path: Path) -
     _finish(fig, axes, path)
 
 
+def plot_ndcg_vs_compute(analyses: dict[str, dict], path: Path) -> None:
+    """Valid NDCG@10 of every epoch of every trial against its cumulative training FLOPs, and each
+    model's envelope: the best NDCG@10 reached within a compute budget (the paper's frontier figure)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (model, a) in enumerate(analyses.items()):
+        pts = a["points"][a["points"][QUALITY_COL] > 0].sort_values(C_COL)
+        if not len(pts):
+            continue
+        ax.scatter(pts[C_COL], pts[QUALITY_COL], color=f"C{i}", s=6, alpha=0.35)
+        envelope = pts[QUALITY_COL].cummax()
+        ax.step(pts[C_COL], envelope, where="post", color=f"C{i}", lw=1.5, label=f"{model} envelope")
+    ax.set(xscale="log", xlabel="training FLOPs C", ylabel="valid NDCG@10",
+           title="NDCG@10 vs training compute (each dot an epoch)")  # fmt: skip
+    _finish(fig, [ax], path)
+
+
 def plot_srt_vs_baselines(analyses: dict[str, dict], loss_col: str, path: Path) -> None:
     """Loss and NDCG@10 per model at equal N: mean over seeds, bars from min to max."""
     fig, (ax_loss, ax_ndcg) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -463,9 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     plot_loss_vs_params(analyses, loss_col, out_dir / "loss_vs_params.png")
     plot_ndcg_vs_params(analyses, out_dir / "ndcg_vs_params.png")
     plot_loss_vs_compute(analyses, loss_col, out_dir / "loss_vs_compute.png")
+    plot_ndcg_vs_compute(analyses, out_dir / "ndcg_vs_compute.png")
     plot_srt_vs_baselines(analyses, loss_col, out_dir / "srt_vs_baselines.png")
     print(summary)
-    print(f"wrote {out_dir}/scaling_fits.json, scaling_summary.md and 4 PNG plots")
+    print(f"wrote {out_dir}/scaling_fits.json, scaling_summary.md and 5 PNG plots")
     return 0
 
 

@@ -223,7 +223,13 @@ def _reject_non_standard_json(constant):
     raise AssertionError(f"{constant} in the JSON")
 
 
-PNGS = ("loss_vs_params.png", "ndcg_vs_params.png", "loss_vs_compute.png", "srt_vs_baselines.png")
+PNGS = (
+    "loss_vs_params.png",
+    "ndcg_vs_params.png",
+    "loss_vs_compute.png",
+    "ndcg_vs_compute.png",
+    "srt_vs_baselines.png",
+)
 
 
 def test_cli_end_to_end(tmp_path, capsys):
