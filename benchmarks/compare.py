@@ -271,8 +271,13 @@ def candidates(args: argparse.Namespace) -> tuple[dict[str, tuple[str, dict]], d
     missing = {"model", "candidates"} - set(grid)
     if missing:
         raise SystemExit(f"{args.grid}: missing {sorted(missing)}")
+    unknown = sorted(set(args.candidates or []) - set(grid["candidates"]))
+    if unknown:
+        raise SystemExit(f"{args.grid}: no candidates {unknown}; it has {sorted(grid['candidates'])}")
     labels = {}
     for name, overrides in grid["candidates"].items():
+        if args.candidates and name not in args.candidates:
+            continue
         overrides = dict(overrides or {})
         labels[name] = (overrides.pop("model", grid["model"]), overrides)
     return labels, grid.get("settings") or {}
@@ -404,6 +409,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     )
     parser.add_argument("--models", nargs="+", default=["SRT", "SASRec", "BERT4Rec"])
     parser.add_argument("--grid", type=Path, help="YAML: model, settings, candidates (instead of --models)")
+    parser.add_argument("--candidates", nargs="+", help="with --grid: run only these candidates")
     parser.add_argument("--split", choices=("test", "valid"), default="test", help="valid: test never scored")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (2020, 2021, ...)")
     parser.add_argument("--out", type=Path, default=Path("results/compare"))

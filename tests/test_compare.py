@@ -175,3 +175,13 @@ def test_a_mistyped_setting_is_refused_with_the_closest_key(tmp_path):
         compare.main(["--dataset=ml-100k", f"--out={tmp_path}", "--hiden_size=8"])
     with pytest.raises(SystemExit, match="fixed by the protocol"):
         compare.main(["--dataset=ml-100k", f"--out={tmp_path}", "--topk=[5]"])
+
+
+def test_candidates_pick_a_subset_of_a_grid(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"model": "SRT", "candidates": {"a": {}, "b": {"model": "SASRec"}}}))
+    args, _ = compare.parse_args([f"--grid={grid}", "--candidates", "b"])
+    assert compare.candidates(args) == ({"b": ("SASRec", {})}, {})
+    args, _ = compare.parse_args([f"--grid={grid}", "--candidates", "c"])
+    with pytest.raises(SystemExit, match=r"no candidates \['c'\]; it has \['a', 'b'\]"):
+        compare.candidates(args)
