@@ -340,8 +340,13 @@ def markdown(summary: pd.DataFrame, split: str, settings: dict, threads: int | N
         cold = slices[["dataset", "label", "cold_test_users"]].copy()
         cold["recall@10"] = _mean_std(slices, "cold_recall@10")
         cold["ndcg@10"] = _mean_std(slices, "cold_ndcg@10")
-        parts += ["", "Cold start (test targets held out of all training and validation sequences):", "",
-                  cold.to_markdown(index=False, floatfmt=".0f")]  # fmt: skip
+        cold["cold_test_users"] = slices["cold_test_users"].map("{:.0f}".format)
+        cold["warm test users"] = slices["warm_test_users"].map("{:.0f}".format)
+        cold["warm ndcg@10"] = _mean_std(slices, "warm_ndcg@10")
+        cold["cold / all ndcg@10"] = (slices["cold_ndcg@10"] / slices["test_ndcg@10"]).map("{:.2f}".format)
+        parts += ["", "Cold start (test targets held out of all training and validation sequences; warm: "
+                  "test targets that occur in training):", "",
+                  cold.to_markdown(index=False, disable_numparse=True)]  # fmt: skip
     if split == "test" and "valid_pop0_users" in summary:
         gap = gap_table(summary)
         parts += ["", "From valid to test (NDCG@10), and the change expected from the targets' training "
