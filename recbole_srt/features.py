@@ -408,8 +408,15 @@ class ItemEncoder:
                 raise ItemFeatureError(
                     "text_encoder_backend onnx-int8 needs onnx: pip install onnx"
                 ) from None
-            with replacing(int8) as tmp:
-                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+            logger.info("quantising %s to int8 (once)", fp32)
+            # the quantiser logs ~25 notes per model on the root logger (no pre-processing, tensors it
+            # leaves in float); none concerns the user
+            logging.disable(logging.WARNING)
+            try:
+                with replacing(int8) as tmp:
+                    quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+            finally:
+                logging.disable(logging.NOTSET)
         return int8
 
     def _tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
