@@ -298,7 +298,7 @@ def planned_runs(args, datasets, labels: dict, settings: dict) -> list[dict]:
         }
         for spec, cold in datasets
         for label, (model, overrides) in labels.items()
-        for i in range(args.seeds)
+        for i in range(args.seeds if cold is None else args.cold_seeds or args.seeds)
     ]
 
 
@@ -422,6 +422,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--epochs", type=int, help=f"epoch budget (default {SHARED_SETTINGS['epochs']})")
     parser.add_argument("--cold-start", action="store_true", help="also run the held-out-items cold start")
     parser.add_argument("--cold-fraction", type=float, default=0.1)
+    parser.add_argument("--cold-seeds", type=int, help="seeds on the held-out-items copy (default --seeds)")
     parser.add_argument("--force", action="store_true", help="rerun finished runs")
     parser.add_argument("--workers", type=int, default=1, help="runs at once (CPU threads split among them)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / workers)")

@@ -280,10 +280,10 @@ def test_auto_is_int8_onnx_on_a_cpu_and_what_it_chose_goes_into_the_config(tmp_p
     assert gpu.backend == "torch"
     write_tiny_dataset(tmp_path)
     config, dataset = recbole_dataset(tmp_path)
-    assert (config["text_encoder_backend"], config["text_max_tokens"]) == ("auto", 64)  # SRT.yaml
+    assert (config["text_encoder_backend"], config["text_max_tokens"]) == ("auto", 48)  # SRT.yaml
     load_item_features(config, dataset)
     assert (config["text_encoder_backend"], config["text_encoder_precision"]) == ("onnx-int8", "fp32")
-    assert shard_files(tmp_path, ".json")[0].parent.name.startswith("all-MiniLM-L6-v2-onnx-int8-t64-")
+    assert shard_files(tmp_path, ".json")[0].parent.name.startswith("all-MiniLM-L6-v2-onnx-int8-t48-")
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,8 @@ def test_cosine_similarity_scores_are_cosines_over_temperature():
 @pytest.mark.parametrize("loss_type", ["CE", "SSM"])
 def test_cosine_loss_uses_the_scores_it_ranks_with(loss_type):
     """Training logits equal full_sort_predict's scores (CE over the catalog, SSM before logQ)."""
-    model = make_srt(N_ITEMS, similarity="cosine", loss_type=loss_type, neg_sample_num=7).eval()
+    plain_ce = {"negatives_from_training_items": False}  # every item a candidate, as in ranking
+    model = make_srt(N_ITEMS, similarity="cosine", loss_type=loss_type, neg_sample_num=7, **plain_ce).eval()
     batch = make_batch(N_ITEMS)
     torch.manual_seed(1)
     loss = model.calculate_loss(batch)
@@ -219,6 +220,7 @@ def test_initial_loss_is_near_uniform_for_any_width(projection, hidden_size):
         projection=projection,
         standardize_item_features=True,
         similarity="dot",  # cosine logits are bounded by 1 / temperature whatever the init
+        negatives_from_training_items=False,  # every item competes: log(#items)
     ).eval()
     with torch.no_grad():
         loss = model.calculate_loss(make_batch(n_items, batch_size=64))
@@ -341,3 +343,19 @@ def test_items_never_seen_in_training_are_no_training_candidates_when_asked():
     torch.testing.assert_close(ce.calculate_loss(batch), expected)
     with torch.no_grad():  # ranking still scores every item: unseen ones are recommendable
         assert torch.isfinite(ce.full_sort_predict(batch)[0, 1:]).all()
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "SSM", "BPR"])
+def test_a_target_missing_from_the_training_counts_keeps_the_loss_finite(loss_type):
+    """Fine-tuning batches may hold items the counts never saw: the target still competes."""
+    counts = torch.tensor([0, 3, 0, 2, 1, 0])
+    config = srt_test_config(negatives_from_training_items=True, loss_type=loss_type, neg_sample_num=5)
+    model = type(make_srt(6))(config, item_features=torch.randn(6, 8), item_counts=counts).eval()
+    batch = {"item_id_list": torch.tensor([[1, 3, 0, 0, 0, 0]]), "item_length": torch.tensor([2]),
+             "item_id": torch.tensor([5])}  # fmt: skip
+    hidden, _ = model._targets(batch, model.all_item_embeddings())
+    loss = model.calculate_loss(batch)
+    assert torch.isfinite(loss)
+    if loss_type == "CE":  # the seen items and the target compete, item 2 does not
+        logits = model._query(hidden) @ model._key(model.all_item_embeddings()).T
+        torch.testing.assert_close(loss, F.cross_entropy(logits[:, [1, 3, 4, 5]], torch.tensor([3])))

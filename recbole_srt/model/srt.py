@@ -233,14 +233,19 @@ class SRT(SequentialRecommender):
         if inter is not None and self.ITEM_SEQ in inter:
             seen[torch.as_tensor(inter[self.ITEM_SEQ]).flatten()] = True
         seen[0] = False
-        self.seen_only = bool(config["negatives_from_training_items"]) and bool(seen.any())
+        # nothing seen (built from features alone): every item stays a candidate. A model built on the
+        # meta device (a checkpoint's shape) has no values to ask; its loaded weights do not depend on it.
+        self.seen_only = bool(config["negatives_from_training_items"]) and (seen.is_meta or bool(seen.any()))
         sampling_weight = (item_counts + 1).float()
         if self.seen_only:
             sampling_weight[~seen] = 0.0
         sampling_weight[0] = 0.0  # never sample padding
         self.register_buffer("seen", seen, persistent=False)
         self.register_buffer("sampling_weight", sampling_weight, persistent=False)
-        self.register_buffer("log_q", torch.log(sampling_weight / sampling_weight.sum()), persistent=False)
+        # log q of every item as if it were sampled at weight count + 1: finite for a target that is
+        # never drawn as a negative, identical to the sampling distribution for the items that are.
+        log_q = torch.log((item_counts + 1).float() / sampling_weight.sum())
+        self.register_buffer("log_q", log_q, persistent=False)
         # These buffers are identical on every rank. RecBole's DDP trainer runs DDP's forward every
         # step, which would otherwise broadcast the whole [N, F] feature matrix from rank 0 each time.
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
@@ -365,8 +370,8 @@ class SRT(SequentialRecommender):
             # pass draws its own tower dropout, as separate lookups would).
             hidden, targets = self._targets(interaction, self.all_item_embeddings())  # [M, d], [M]
             logits = self._query(hidden) @ self._key(self.all_item_embeddings()).T  # [M, N]
-            if self.seen_only:
-                logits = logits.masked_fill(~self.seen, float("-inf"))
+            if self.seen_only:  # a batch's own targets are training items even if the counts missed them
+                logits = logits.masked_fill(~self.seen.index_fill(0, targets, True), float("-inf"))
             logits[:, 0] = float("-inf")
             return F.cross_entropy(logits.float(), targets)
 
