@@ -21,14 +21,23 @@ def test_sampled_candidates_are_fixed_per_user_uniform_and_never_padding():
     assert counts.min() > 0.8 * 10_000 / 49 and counts.max() < 1.2 * 10_000 / 49
 
 
-def test_sampled_rank_counts_candidates_at_or_above_the_target_except_the_target_itself():
+def test_sampled_rank_counts_distinct_candidates_at_or_above_the_target_except_the_target_itself():
     scores = torch.tensor([[-float("inf"), 0.9, 0.5, 0.1, 0.5]])
     users = torch.tensor([11])
-    candidates = torch.from_numpy(sampled_candidates(users.numpy(), 5, 50))
+    candidates = set(sampled_candidates(users.numpy(), 5, 50)[0].tolist())
+    assert {1, 4} <= candidates and len(candidates) == 4  # each of the 4 items drawn ~12 times
     rank = sampled_ranks(scores, torch.tensor([2]), users, n_negatives=50)
-    # candidates 1 (0.9) and 4 (0.5, a tie) beat item 2; candidate 3 and copies of the target do not
-    expected = ((candidates == 1) | (candidates == 4)).sum()
-    assert int(rank) == int(expected)
+    # 1 (0.9) and 4 (0.5, a tie) beat item 2, once each however often drawn; 3 and the target do not
+    assert int(rank) == 2
+
+
+def test_on_a_catalog_smaller_than_the_draws_the_sampled_rank_is_the_full_rank():
+    torch.manual_seed(0)
+    scores = torch.randn(64, 300)
+    targets, users = torch.randint(1, 300, (64,)), torch.arange(64)
+    ranks = sampled_ranks(scores, targets, users)  # 10,000 draws cover all 299 items
+    beaten = (scores[:, 1:] >= scores.gather(1, targets.view(-1, 1))).sum(1) - 1  # minus the target
+    assert torch.equal(ranks, beaten)
 
 
 def test_full_ranks_follow_topk_and_metrics_by_hand():
