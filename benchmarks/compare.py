@@ -72,7 +72,7 @@ POPULARITY_LABELS = [f"{lo}" if lo == hi else f"{lo}+" if hi is None else f"{lo}
 SLICES = ["unseen_test_users", "unseen_recall@10", "unseen_ndcg@10", "warm_test_users", "warm_recall@10",
           "warm_ndcg@10", "cold_test_users", "cold_recall@10", "cold_ndcg@10",
           *(f"{split}_pop{b}_{m}" for split in ("valid", "test") for b in POPULARITY_LABELS
-            for m in ("users", "ndcg@10"))]  # fmt: skip
+            for m in ("users", "ndcg@10")), "test_users_with_valid", "test_with_valid_ndcg@10"]  # fmt: skip
 COSTS = ["params_trainable", "params_catalog", "s_per_epoch", "peak_rss_mb", "scoring_users_per_s"]
 ML_100K_LOAD_COL = {"inter": ["user_id", "item_id", "rating", "timestamp"]}
 
@@ -160,22 +160,24 @@ def hold_out_items(
 # --- one run (in its own process) -------------------------------------------------------------
 
 
-def target_ranks(trainer, test_data) -> tuple[np.ndarray, np.ndarray]:
-    """Target item id and its 0-based rank (:func:`recbole_srt.metrics.full_ranks`) for every test user.
+def target_ranks(trainer, test_data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """User id, target item id and its 0-based rank (:func:`recbole_srt.metrics.full_ranks`) for every
+    evaluated user.
 
     Scores come from ``Trainer._full_sort_batch_eval`` (padding and history masked); ranks follow
     RecBole's ``torch.topk(max(KS))`` with ``topk: [10, 20]``, so tied scores (SRT gives items with
     identical text identical scores) are broken as RecBole's evaluator breaks them.
     """
-    items, ranks = [], []
+    users, items, ranks = [], [], []
     trainer.model.eval()
     with torch.no_grad():
         for batched_data in test_data:
-            _, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batched_data)
+            interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batched_data)
             targets = positive_i.to(scores.device)
             ranks.append(full_ranks(scores[positive_u], targets, max(KS)).cpu().numpy())
+            users.append(interaction[trainer.model.USER_ID][positive_u.cpu()].cpu().numpy())
             items.append(positive_i.cpu().numpy())
-    return np.concatenate(items), np.concatenate(ranks)
+    return np.concatenate(users), np.concatenate(items), np.concatenate(ranks)
 
 
 def scoring_throughput(model, test_data, device) -> float:
@@ -191,10 +193,12 @@ def scoring_throughput(model, test_data, device) -> float:
 
 def training_counts(spec: DatasetSpec, item_tokens: list[str]) -> np.ndarray:
     """``[n_items]`` occurrences of each item (RecBole's id order ``item_tokens``) in the training part
-    of the users' time-ordered sequences: every interaction but each user's last two (leave-one-out's
-    valid and test targets)."""
+    of the users' time-ordered sequences, split as RecBole's leave-one-out splits them: a user's last
+    two interactions are the valid and test targets, but at least one target stays in training, so a
+    user with 3 interactions has only a test target and one with 2 has none."""
     inter, (user, item, _) = _sorted_interactions(spec)
-    training = inter[inter.groupby(user).cumcount(ascending=False) >= 2]
+    n = inter.groupby(user)[item].transform("size")
+    training = inter[inter.groupby(user).cumcount(ascending=False) >= (n - 2).clip(0, 2)]
     counts = training[item].value_counts()
     return np.array([int(counts.get(token, 0)) for token in item_tokens], dtype=np.int64)
 
@@ -214,10 +218,11 @@ def slice_metrics(result, spec: DatasetSpec, cold_items: set[str] | None) -> dic
     the valid and test targets by training popularity."""
     config, train = result.config, result.train_data._dataset
     item_field = config["ITEM_ID_FIELD"]
-    targets, ranks = target_ranks(result.trainer, result.test_data)
-    valid_targets, valid_ranks = target_ranks(result.trainer, result.valid_data)
+    test_users, targets, ranks = target_ranks(result.trainer, result.test_data)
+    valid_users, valid_targets, valid_ranks = target_ranks(result.trainer, result.valid_data)
     counts = training_counts(spec, list(train.field2id_token[item_field]))
     unseen = counts[targets] == 0
+    scored_on_valid = np.isin(test_users, valid_users)  # users with 3 interactions have no valid target
     row = {
         "scoring_users_per_s": scoring_throughput(result.model, result.test_data, config["device"]),
         "ranked_test_ndcg@10": ranking_metrics(ranks)["ndcg@10"],
@@ -227,6 +232,8 @@ def slice_metrics(result, spec: DatasetSpec, cold_items: set[str] | None) -> dic
         **{f"warm_{k}": v for k, v in ranking_metrics(ranks[~unseen]).items()},
         **popularity_slices("valid", valid_targets, valid_ranks, counts),
         **popularity_slices("test", targets, ranks, counts),
+        "test_users_with_valid": int(scored_on_valid.sum()),
+        "test_with_valid_ndcg@10": ranking_metrics(ranks[scored_on_valid]).get("ndcg@10", float("nan")),
     }
     if cold_items is not None:
         id_of = {token: i for i, token in enumerate(train.field2id_token[item_field])}
@@ -298,7 +305,7 @@ def planned_runs(args, datasets, labels: dict, settings: dict) -> list[dict]:
         }
         for spec, cold in datasets
         for label, (model, overrides) in labels.items()
-        for i in range(args.seeds if cold is None else args.cold_seeds or args.seeds)
+        for i in range(args.seeds if cold is None or args.cold_seeds is None else args.cold_seeds)
     ]
 
 
@@ -378,6 +385,8 @@ def gap_table(summary: pd.DataFrame) -> pd.DataFrame:
             "dataset": r["dataset"], "label": r["label"],
             "valid N@10": valid, "test N@10": test, "change": f"{test / valid - 1:+.1%}",
             "valid, test mix": mixed, "change from the mix": f"{mixed / valid - 1:+.1%}",
+            "test N@10, users with a valid target": r.get("test_with_valid_ndcg@10", np.nan),
+            "share of test users with one": r.get("test_users_with_valid", np.nan) / test_users.sum(),
             **{f"share seen ≤{POPULARITY_BINS[i][1]}× valid / test":
                f"{valid_users[: i + 1].sum() / valid_users.sum():.2f} / "
                f"{test_users[: i + 1].sum() / test_users.sum():.2f}" for i in (0, 1)},
@@ -426,7 +435,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--force", action="store_true", help="rerun finished runs")
     parser.add_argument("--workers", type=int, default=1, help="runs at once (CPU threads split among them)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / workers)")
-    return parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.seeds < 1 or (args.cold_seeds is not None and args.cold_seeds < 1):
+        parser.error("--seeds and --cold-seeds must be at least 1")
+    return args, rest
 
 
 def shared_settings(args: argparse.Namespace, rest: list[str]) -> dict:

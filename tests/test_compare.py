@@ -36,11 +36,13 @@ def test_ranks_break_ties_like_recboles_evaluator():
 
     class Trainer:
         model = nn.Identity()
+        model.USER_ID = "user_id"
 
         def _full_sort_batch_eval(self, batch):
-            return None, scores, torch.arange(64), targets
+            return {"user_id": torch.arange(100, 164)}, scores, torch.arange(64), targets
 
-    _, ranks = target_ranks(Trainer(), [None])
+    users, _, ranks = target_ranks(Trainer(), [None])
+    assert users.tolist() == list(range(100, 164))
     # RecBole ranks with topk(max(topk)); compare.py's shared settings use topk [10, 20]
     top = torch.topk(scores, 20, dim=-1).indices
     recbole_ndcg = (
@@ -67,13 +69,21 @@ def test_catalog_params_counts_item_tables_not_layers_of_the_same_width():
     assert catalog_params(IdModel(), 31) == 32 * 16 + 31
 
 
-def test_training_counts_leave_out_each_users_last_two(tmp_path):
+def test_training_counts_follow_recboles_leave_one_out(tmp_path):
     folder = write_tiny_dataset(tmp_path, n_users=30)
     spec = DatasetSpec("tiny", tmp_path, [str(folder / "tiny.yaml")])
     inter = pd.read_csv(folder / "tiny.inter", sep="\t", dtype=str)
     tokens = ["[PAD]", *sorted(inter["item_id:token"].unique())]
     counts = compare.training_counts(spec, tokens)
+    lengths = inter.groupby("user_id:token").size()
+    assert lengths.min() >= 4  # every user has a valid and a test target: both leave training
     assert counts[0] == 0 and counts.sum() == len(inter) - 2 * inter["user_id:token"].nunique()
+    # a user with 3 interactions keeps its second in training (RecBole leaves one target at least)
+    short = inter[inter["user_id:token"] == lengths.index[0]].iloc[:3]
+    rest = inter[inter["user_id:token"] != lengths.index[0]]
+    pd.concat([rest, short]).to_csv(folder / "tiny.inter", sep="\t", index=False)
+    assert compare.training_counts(spec, tokens).sum() == len(rest) - 2 * rest["user_id:token"].nunique() + 2
+    folder.joinpath("tiny.inter").write_text(inter.to_csv(sep="\t", index=False))
     cold, held_out = hold_out_items(spec, 0.2, seed=3, out_dir=tmp_path / "derived")
     cold_counts = compare.training_counts(cold, tokens)
     assert all(cold_counts[tokens.index(t)] == 0 for t in held_out)
@@ -132,6 +142,8 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, capsys):
     users = rows[[f"test_pop{b}_users" for b in compare.POPULARITY_LABELS]].sum(axis=1)
     assert (rows["warm_test_users"] + rows["unseen_test_users"] == users).all()
     assert (rows[[f"valid_pop{b}_users" for b in compare.POPULARITY_LABELS]].sum(axis=1) == users).all()
+    assert (rows["test_users_with_valid"] == users).all()  # every tiny user has >= 4 interactions
+    np.testing.assert_allclose(rows["test_with_valid_ndcg@10"], rows["ranked_test_ndcg@10"])
     assert (rows["unseen_test_users"] == rows["test_pop0_users"]).all()
     assert (cold["test_pop0_users"] >= cold["cold_test_users"]).all()
     table = (out / "results.md").read_text()

@@ -116,6 +116,9 @@ def test_all_positions_targets_are_the_next_items():
 def test_sampled_softmax_matches_hand_computation_with_logq():
     # eval (no dropout): the same RNG draws below; dot: the hand computation is for plain logits
     model = make_srt(N_ITEMS, loss_type="SSM", neg_sample_num=7, similarity="dot").eval()
+    plain = make_srt(N_ITEMS, loss_type="SSM", negatives_from_training_items=False)
+    q_plain = plain.sampling_weight / plain.sampling_weight.sum()
+    torch.testing.assert_close(plain.log_q[1:], q_plain.log()[1:])  # log q is the sampling distribution's
     batch = make_batch(N_ITEMS)
     torch.manual_seed(123)
     loss = model.calculate_loss(batch)
@@ -125,6 +128,7 @@ def test_sampled_softmax_matches_hand_computation_with_logq():
     hidden, targets = model._targets(batch)
     items = model.item_tower(model.item_features)
     q = model.sampling_weight / model.sampling_weight.sum()
+    assert (q[targets] > 0).all()  # targets seen in training: their log q is the sampling one
     logits = hidden @ items.T - q.log()  # logQ-corrected logit of every item, [M, N]
     pos = logits.gather(1, targets.unsqueeze(1))
     neg = logits[:, negatives].masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
@@ -301,7 +305,7 @@ def test_per_example_negatives_match_hand_computation_exclude_the_positive_and_c
     negatives = torch.multinomial(model.sampling_weight, len(targets) * 7, replacement=True).view(-1, 7)
     assert (negatives == targets.unsqueeze(1)).any(), "the draw should hit a positive for this test"
     items = model.item_tower(model.item_features)
-    logits = hidden @ items.T - (model.sampling_weight / model.sampling_weight.sum()).log()
+    logits = hidden @ items.T - model.log_q  # equal to the sampling log q for the seen items drawn here
     pos = logits.gather(1, targets.unsqueeze(1))
     neg = logits.gather(1, negatives).masked_fill(negatives == targets.unsqueeze(1), float("-inf"))
     torch.testing.assert_close(loss, F.cross_entropy(torch.cat([pos, neg], 1), torch.zeros_like(targets)))
@@ -355,7 +359,8 @@ def test_a_target_missing_from_the_training_counts_keeps_the_loss_finite(loss_ty
              "item_id": torch.tensor([5])}  # fmt: skip
     hidden, _ = model._targets(batch, model.all_item_embeddings())
     loss = model.calculate_loss(batch)
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and model.sampling_weight[5] == 0  # never drawn as a negative
+    torch.testing.assert_close(model.log_q[5], (1 / model.sampling_weight.sum()).log())  # count 0 + 1
     if loss_type == "CE":  # the seen items and the target compete, item 2 does not
         logits = model._query(hidden) @ model._key(model.all_item_embeddings()).T
         torch.testing.assert_close(loss, F.cross_entropy(logits[:, [1, 3, 4, 5]], torch.tensor([3])))
