@@ -31,6 +31,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -413,8 +415,16 @@ class ItemEncoder:
             # leaves in float); none concerns the user
             logging.disable(logging.WARNING)
             try:
-                with replacing(int8) as tmp:
-                    quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+                # the quantiser writes "<input>-inferred.onnx" beside its input and deletes it: each process
+                # quantises its own link to the model, so two processes (DDP ranks, parallel runs) never
+                # read each other's half-written file
+                with replacing(int8) as tmp, tempfile.TemporaryDirectory(dir=folder) as private:
+                    source = Path(private) / fp32.name
+                    try:
+                        os.link(fp32, source)
+                    except OSError:  # a file system without hard links
+                        shutil.copyfile(fp32, source)
+                    quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
             finally:
                 logging.disable(logging.NOTSET)
         return int8

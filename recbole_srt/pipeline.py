@@ -281,6 +281,8 @@ def run(
     record.stages = stages
     name = f"{config['model']}-{config['dataset']}-{get_local_time()}-{uuid.uuid4().hex[:6]}.pth"
     checkpoint = os.path.join(config["checkpoint_dir"], name)
+    # RecBole's Trainer creates it with exists-then-makedirs: two DDP ranks starting together race
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)
     result = Run(record, config, model, None, train_data, valid_data, test_data)
     best_score, best_valid = None, None
     for number, stage in enumerate(stages, 1):

@@ -299,9 +299,11 @@ def test_the_committed_cpu_scaling_results_refit_to_the_committed_table(tmp_path
     assert set(fits["models"]) == set(expected["models"]) == {"SRT", "SASRec"}
     for model, laws in expected["models"].items():
         for law, fit in laws["fits"].items():
-            assert fits["models"][model]["fits"][law]["params"] == pytest.approx(fit["params"], rel=1e-6), (
-                model,
-                law,
-            )
+            got = fits["models"][model]["fits"][law]
+            assert got["converged"] == fit["converged"], (model, law)
+            if fit["converged"]:
+                assert got["params"] == pytest.approx(fit["params"], rel=1e-6), (model, law)
+            else:  # a parameter on its bound leaves others unidentified (E + A/N^0): compare fit quality
+                assert got["objective"] == pytest.approx(fit["objective"], rel=1e-3), (model, law)
     for plot in ("loss_vs_params", "ndcg_vs_params", "loss_vs_compute", "srt_vs_baselines"):
         assert (tmp_path / f"{plot}.png").stat().st_size > 0
