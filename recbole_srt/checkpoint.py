@@ -21,8 +21,8 @@ only (:func:`write_checkpoint`), so ``torch.load(path, weights_only=True)`` read
 
 :func:`read_checkpoint` turns ``config`` back into a RecBole ``Config`` (RecBole's own loaders get
 the same through :mod:`recbole_srt.compat`). A file in RecBole's full-pickle format (RecBole's own
-trainer, SRT checkpoints written before this format) is read only when the caller trusts it
-(``trust=True``, ``--trust-checkpoint``): unpickling it can run arbitrary code.
+trainer, SRT checkpoints written before this format) is never read: unpickling it can run
+arbitrary code, and nothing here lets a file choose what runs.
 """
 
 from __future__ import annotations
@@ -43,11 +43,6 @@ from recbole_srt.overrides import check_setting_types
 from recbole_srt.registration import plugin_yaml
 
 FORMAT = "recbole-srt/1"
-TRUST_HINT = "--trust-checkpoint (Python: trust=True)"
-TRUST_HELP = (
-    "also read a checkpoint in RecBole's full-pickle format (RecBole's own, or SRT's before " + FORMAT + "). "
-    "DANGEROUS: unpickling runs any code the file holds; only for files you trust, such as your own runs"
-)
 _ENUMS = {
     cls.__name__: cls
     for cls in vars(enum_type).values()
@@ -140,11 +135,10 @@ def _unreadable(path: Path, error: BaseException) -> CheckpointError:
     return CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {reason})")
 
 
-def read_checkpoint(path: str | Path, map_location=None, trust: bool = False, hint: str = TRUST_HINT) -> dict:
+def read_checkpoint(path: str | Path, map_location=None) -> dict:
     """A checkpoint's dict, its ``config`` a RecBole ``Config``; raises :class:`CheckpointError`.
 
-    :data:`FORMAT` is read weights-only. RecBole's full-pickle format is unpickled only with
-    ``trust=True``; otherwise the error says so and how to opt in (``hint``).
+    Only :data:`FORMAT` is read, weights-only; RecBole's full-pickle format is refused unread.
     """
     path = Path(path)
     if path.is_dir():
@@ -152,13 +146,13 @@ def read_checkpoint(path: str | Path, map_location=None, trust: bool = False, hi
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=not trust)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if trust or not zipfile.is_zipfile(path):
+        if not zipfile.is_zipfile(path):
             raise _unreadable(path, error) from None
         raise CheckpointError(
-            f"{path}: a full-pickle checkpoint (RecBole's own format, or SRT's before {FORMAT}); "
-            f"unpickling it can run arbitrary code. Only if you trust where it comes from, use {hint}"
+            f"{path}: a full-pickle checkpoint (RecBole's own format, or SRT's before {FORMAT}); not read, "
+            "since unpickling it can run arbitrary code. Train it again with recbole-srt (weights-only)"
         ) from None
     except Exception as error:  # any other unreadable file: zip, EOF, storage errors
         raise _unreadable(path, error) from None
@@ -172,20 +166,19 @@ def read_checkpoint(path: str | Path, map_location=None, trust: bool = False, hi
             checkpoint["config"] = decode_config(*parts)
         except CheckpointError as error:
             raise CheckpointError(f"{path}: {error}") from None
-    elif not isinstance(checkpoint["config"], Config):
+    else:  # a weights-only load never yields a Config: RecBole's own layout is not this format
         kind = type(checkpoint["config"]).__name__
         raise CheckpointError(f"{path}: not a RecBole checkpoint (its 'config' is a {kind})")
     return checkpoint
 
 
-def load_srt_checkpoint(path: str | Path, device: str | torch.device = "cpu", trust: bool = False) -> dict:
+def load_srt_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
     """A checkpoint of an SRT model: ``{"config": Config, "state_dict": {...}, ...}``, tensors on ``device``.
 
-    SRT's own format is read without unpickling anything. ``trust=True`` also reads RecBole's
-    full-pickle format (older SRT checkpoints): only for files you trust, as unpickling can run code.
+    SRT's own format is read without unpickling anything (:func:`read_checkpoint`).
     SRT settings added after the checkpoint was written take their defaults (``SRT.yaml``).
     """
-    checkpoint = read_checkpoint(path, device, trust)
+    checkpoint = read_checkpoint(path, device)
     config, state = checkpoint["config"], checkpoint["state_dict"]
     model = config["model"]
     if model != "SRT":

@@ -25,9 +25,7 @@ checkpoint readers               checkpoint, so reading one runs whatever code  
 _save_checkpoint``                                                               full pickles only if
                                                                                  this process's
                                                                                  ``_save_checkpoint``
-                                                                                 wrote the file (or
-                                                                                 :func:`trust_
-                                                                                 checkpoint` names it)
+                                                                                 wrote the file
 ``Config._set_default_           RecBole ships ``train_neg_sample_args:          :func:`default_no_
 parameters``                     uniform`` and then refuses it for its own CE    negatives_for_ce`
                                  models (SASRec's and BERT4Rec's default)
@@ -125,8 +123,8 @@ def numpy_aliases() -> None:
 
 _torch_load = torch.load
 _recbole_save_checkpoint = recbole_trainer.Trainer._save_checkpoint
-# Full-pickle checkpoints RecBole's loaders may read: real path -> (inode, size, mtime) when trusted.
-_trusted_pickles: dict[str, tuple[int, int, int]] = {}
+# Full pickles this process wrote (RecBole's own Trainer): real path -> (inode, size, mtime) at writing.
+_written_pickles: dict[str, tuple[int, int, int]] = {}
 
 
 def _identity(path: str | os.PathLike) -> tuple[str, tuple[int, int, int] | None]:
@@ -138,27 +136,15 @@ def _identity(path: str | os.PathLike) -> tuple[str, tuple[int, int, int] | None
     return real, (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
-def trust_checkpoint(path: str | os.PathLike) -> None:
-    """Let RecBole's own loaders (``load_data_and_model``, ``resume_checkpoint``, ``evaluate``) unpickle
-    ``path``, as it is now, in this process.
-
-    Only for a file you trust: unpickling can run arbitrary code. Any later change to the file
-    withdraws the trust.
-    """
-    real, identity = _identity(path)
-    if identity is None:
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    _trusted_pickles[real] = identity
-
-
 def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-    """RecBole's ``Trainer._save_checkpoint``; the file it writes is trusted in this process."""
+    """RecBole's ``Trainer._save_checkpoint``; the file it writes may be read back in this process (until
+    anything changes it), so RecBole's own models still test their best epoch."""
     path = kwargs.get("saved_model_file", self.saved_model_file)
     before = _identity(path)[1]
     _recbole_save_checkpoint(self, epoch, verbose=verbose, **kwargs)
     after = _identity(path)[1]
     if after is not None and after != before:  # written now (a DDP rank > 0 writes nothing)
-        trust_checkpoint(path)
+        _written_pickles[os.path.realpath(path)] = after
 
 
 def _load_for_recbole(f, *args, **kwargs):
@@ -166,7 +152,7 @@ def _load_for_recbole(f, *args, **kwargs):
 
     A call made directly by a module of ``_RECBOLE_CHECKPOINT_READERS`` (as RecBole makes it: a path
     and ``map_location``) reads SRT's weights-only format, or a full pickle that this process wrote
-    or trusts (:func:`trust_checkpoint`); anything else is a :class:`CheckpointError`. Every other
+    itself, unchanged since; anything else is a :class:`CheckpointError`. Every other
     caller gets torch's own ``torch.load``.
     """
     caller = sys._getframe(1).f_globals.get("__name__")
@@ -174,14 +160,13 @@ def _load_for_recbole(f, *args, **kwargs):
     if caller not in _RECBOLE_CHECKPOINT_READERS or not recbole_call:
         return _torch_load(f, *args, **kwargs)
     real, identity = _identity(f)
-    if identity is not None and _trusted_pickles.get(real) == identity:
+    if identity is not None and _written_pickles.get(real) == identity:  # our own file, not a user's
         return _torch_load(f, weights_only=False, **kwargs)
-    hint = f"recbole_srt.compat.trust_checkpoint({str(f)!r}) first"
-    return read_checkpoint(f, kwargs.get("map_location"), hint=hint)
+    return read_checkpoint(f, kwargs.get("map_location"))
 
 
 def safe_recbole_checkpoints() -> None:
-    """RecBole's checkpoint readers never unpickle a file this process did not write or trust (idempotent)."""
+    """RecBole's checkpoint readers never unpickle a file this process did not write (idempotent)."""
     recbole_trainer.Trainer._save_checkpoint = _save_checkpoint
     torch.load = _load_for_recbole
 

@@ -15,7 +15,7 @@ as in training (:mod:`recbole_srt.features`), and it is encoded with the
 checkpoint's ``text_encoder``; vectors come from (and go to) the encoder's content-keyed store.
 
 Checkpoints are read without unpickling code (:mod:`recbole_srt.checkpoint`); RecBole's full-pickle
-format (older SRT checkpoints) needs ``trust=True`` (``--trust-checkpoint``), for trusted files only.
+format (older SRT checkpoints) is refused unread.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 
 from recbole_srt.checkpoint import (
-    TRUST_HELP,
     CheckpointError,
     feature_size,
     load_srt_checkpoint,
@@ -75,16 +74,10 @@ class Recommender:
         self._row = {item: row for row, item in enumerate(self.item_ids, 1)}  # row 0 is padding
 
     @classmethod
-    def from_checkpoint(
-        cls, checkpoint: str | Path, catalog: str | Path, device: str = "cpu", trust: bool = False
-    ) -> Recommender:
-        """The checkpoint's SRT over ``catalog``'s items, encoded with its ``text_encoder`` (cached).
-
-        ``trust=True`` also reads RecBole's full-pickle format (older SRT checkpoints), which can run
-        code: only for files you trust.
-        """
+    def from_checkpoint(cls, checkpoint: str | Path, catalog: str | Path, device: str = "cpu") -> Recommender:
+        """The checkpoint's SRT over ``catalog``'s items, encoded with its ``text_encoder`` (cached)."""
         device = resolve_device(device)
-        saved = load_srt_checkpoint(checkpoint, device, trust)
+        saved = load_srt_checkpoint(checkpoint, device)
         config = saved["config"]
         if config["item_feature_file"] is not None:
             raise CheckpointError(
@@ -173,7 +166,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--include-history", action="store_true", help="may recommend items of the history")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     return parser.parse_args(argv)
 
 
@@ -181,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_library_warnings()
     with user_errors("srt-recommend", *USER_ERRORS) as failed:
-        recommender = Recommender.from_checkpoint(
-            args.checkpoint, args.catalog, args.device, trust=args.trust_checkpoint
-        )
+        recommender = Recommender.from_checkpoint(args.checkpoint, args.catalog, args.device)
         recommender.add_items(dict(args.new_item))
         top = recommender.recommend(args.history, args.k, exclude_history=not args.include_history)
     if failed:

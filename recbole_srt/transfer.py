@@ -33,7 +33,7 @@ from pathlib import Path
 
 from recbole.config import Config
 
-from recbole_srt.checkpoint import TRUST_HELP, feature_size, load_srt_checkpoint
+from recbole_srt.checkpoint import feature_size, load_srt_checkpoint
 from recbole_srt.cli import USER_ERRORS, quiet_library_warnings, user_errors
 from recbole_srt.features import check_feature_size
 from recbole_srt.model.srt import SRT
@@ -175,15 +175,13 @@ def finetune(
     dataset: str,
     config_file_list: Sequence[str] | None = None,
     config_dict: dict | None = None,
-    trust: bool = False,
 ) -> Run:
     """Zero-shot evaluate, then fine-tune an SRT ``checkpoint`` on ``dataset``; see the module doc.
 
     The record holds the zero-shot metrics (``zero_shot_valid``/``zero_shot_test``), the stages and
-    the fine-tuned run (best valid, test of the best-on-valid weights). ``trust=True`` also reads
-    RecBole's full-pickle format (older SRT checkpoints), which can run code: trusted files only.
+    the fine-tuned run (best valid, test of the best-on-valid weights).
     """
-    pretrained = load_srt_checkpoint(checkpoint, trust=trust)
+    pretrained = load_srt_checkpoint(checkpoint)
     config = transfer_config(pretrained["config"], dataset, config_file_list, config_dict)
     plan_stages(config)  # a bad strategy fails here, before any data is loaded or encoded
     return run(
@@ -206,7 +204,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument(
         "--config_files", default=None, help="space-separated YAML files (the dataset's YAML)"
     )
-    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     return parser.parse_known_args(argv)
 
 
@@ -217,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with user_errors("srt-finetune", *USER_ERRORS) as failed:
         overrides = parse_overrides(rest, known_config_keys(config_files or ()))
-        result = finetune(args.checkpoint, args.dataset, config_files, overrides, trust=args.trust_checkpoint)
+        result = finetune(args.checkpoint, args.dataset, config_files, overrides)
     if failed:
         return 2
     record = result.record

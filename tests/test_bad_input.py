@@ -27,8 +27,8 @@ from recbole_srt.pipeline import run
 SCIENTIFIC_TEXT = SHARED_DATA / "scientific-unisrec" / "Scientific.text"
 MAGAZINE = SHARED_DATA / "amazon2018-magazine-subscriptions" / "Magazine_Subscriptions.csv.gz"
 FULL_PICKLE = (
-    "a full-pickle checkpoint (RecBole's own format, or SRT's before recbole-srt/1); unpickling it can run "
-    "arbitrary code. Only if you trust where it comes from, use --trust-checkpoint (Python: trust=True)"
+    "a full-pickle checkpoint (RecBole's own format, or SRT's before recbole-srt/1); not read, since "
+    "unpickling it can run arbitrary code. Train it again with recbole-srt (weights-only)"
 )
 
 
@@ -85,7 +85,7 @@ def recommend(checkpoint: Path, catalog: Path, *extra: str) -> int:
 # --- checkpoints ----------------------------------------------------------------------------------
 
 
-def test_a_crafted_checkpoint_runs_no_code_without_the_flag(trained, tmp_path, capsys):
+def test_a_crafted_checkpoint_runs_no_code(trained, tmp_path, capsys):
     good, root = trained
     marker, crafted = tmp_path / "code-ran", tmp_path / "crafted.pth"
     torch.save({"config": Payload(marker), "state_dict": {}}, crafted)
@@ -100,17 +100,13 @@ def test_a_crafted_checkpoint_runs_no_code_without_the_flag(trained, tmp_path, c
     with pytest.raises(ValueError, match="a full-pickle checkpoint"):
         transfer.finetune(crafted, "tiny", config_dict=tiny_config(root))
     assert not marker.exists()
-
-    # What the flag means: the file is unpickled, and its code runs.
-    assert recommend(crafted, catalog, "B0000223SI", "--trust-checkpoint") == 2
-    assert marker.is_dir()
-    assert (
-        one_error(capsys, "srt-recommend")
-        == f"{crafted}: not a RecBole checkpoint (its 'config' is a NoneType)"
-    )
+    # no flag opts in to unpickling: the old --trust-checkpoint is an unknown option, and nothing runs
+    with pytest.raises(SystemExit):
+        recommend(crafted, catalog, "B0000223SI", "--trust-checkpoint")
+    assert "unrecognized arguments: --trust-checkpoint" in capsys.readouterr().err and not marker.exists()
 
 
-def test_srts_checkpoint_is_weights_only_and_an_old_full_pickle_needs_the_flag(trained, tmp_path, capsys):
+def test_srts_checkpoint_is_weights_only_and_an_old_full_pickle_is_refused(trained, tmp_path, capsys):
     good, _ = trained
     raw = torch.load(good, weights_only=True)
     assert raw["format"] == FORMAT and json.loads(json.dumps(raw["config"]))["model"] == "SRT"
@@ -123,10 +119,8 @@ def test_srts_checkpoint_is_weights_only_and_an_old_full_pickle_needs_the_flag(t
 
     assert recommend(old, catalog, *history, "--json") == 2
     assert one_error(capsys, "srt-recommend") == f"{old}: {FULL_PICKLE}"
-    assert recommend(old, catalog, *history, "--json", "--trust-checkpoint") == 0
-    trusted = json.loads(capsys.readouterr().out)
     assert recommend(good, catalog, *history, "--json") == 0
-    assert json.loads(capsys.readouterr().out) == trusted and len(trusted) == 10
+    assert len(json.loads(capsys.readouterr().out)) == 10
 
 
 def test_recboles_resume_reads_srts_format_and_refuses_a_crafted_file(trained, tmp_path):

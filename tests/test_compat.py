@@ -14,7 +14,7 @@ from recbole.config import Config
 from recbole.data import create_dataset
 
 from recbole_srt.checkpoint import CheckpointError
-from recbole_srt.compat import IncompatibleStackError, check_stack, ignoring_argv, trust_checkpoint
+from recbole_srt.compat import IncompatibleStackError, check_stack, ignoring_argv
 
 
 def versions_with(**overrides):
@@ -159,9 +159,9 @@ def _sasrec_trainer(tmp_path):
     return Trainer(config, get_model("SASRec")(config, dataset))
 
 
-def test_recboles_loaders_unpickle_only_what_this_process_wrote_or_trusts(tmp_path):
+def test_recboles_loaders_unpickle_only_what_this_process_wrote(tmp_path):
     """RecBole's own format (SASRec with RecBole's Trainer) still reloads in the process that wrote it;
-    a full pickle from anywhere else is refused unread, unless trust_checkpoint names it."""
+    a full pickle from anywhere else is refused unread."""
     trainer = _sasrec_trainer(tmp_path)
     written = tmp_path / "sasrec.pth"
     trainer._save_checkpoint(3, verbose=False, saved_model_file=str(written))
@@ -172,7 +172,7 @@ def test_recboles_loaders_unpickle_only_what_this_process_wrote_or_trusts(tmp_pa
     marker = tmp_path / "ran"
     crafted = tmp_path / "crafted.pth"
     torch.save({"config": _Payload(marker), "state_dict": {}}, crafted)
-    with pytest.raises(CheckpointError, match=r"crafted\.pth: a full-pickle checkpoint .*trust_checkpoint"):
+    with pytest.raises(CheckpointError, match=r"crafted\.pth: a full-pickle checkpoint .*not read"):
         trainer.resume_checkpoint(crafted)
     from recbole.quick_start import load_data_and_model
 
@@ -180,12 +180,9 @@ def test_recboles_loaders_unpickle_only_what_this_process_wrote_or_trusts(tmp_pa
         load_data_and_model(str(crafted))
     assert not marker.exists()
 
-    torch.save(torch.load(written, weights_only=False), written)  # rewritten by someone else: trust is gone
+    torch.save(torch.load(written, weights_only=False), written)  # rewritten by someone else: not ours now
     with pytest.raises(CheckpointError, match="a full-pickle checkpoint"):
         trainer.resume_checkpoint(written)
-    trust_checkpoint(written)  # the explicit opt-in
-    trainer.resume_checkpoint(written)
-    assert trainer.start_epoch == 4
 
 
 def test_torchs_safe_default_holds_outside_recboles_loaders(tmp_path):
