@@ -67,17 +67,15 @@ class Staging:
                     "exists and is not a folder; remove it or choose another --name", self.directory
                 )
             self.folder.mkdir()
-        except OSError as err:
+        except (OSError, PrepError) as err:
             self._release()
+            if isinstance(err, PrepError):
+                raise
             raise PrepError(f"cannot write the output folder ({err.strerror})", err.filename) from None
-        except PrepError:
-            self._release()
-            raise
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None) -> None:
         try:
-            shutil.rmtree(self.folder, ignore_errors=True)
             self._recover()
         finally:
             self._release()
@@ -89,7 +87,11 @@ class Staging:
 
     def commit(self) -> None:
         """Write the manifest, carry over foreign files, swap the folders."""
-        manifest = {name: _file_record(self.folder / name) for name in self._staged}
+        manifest = {}
+        for name in self._staged:
+            path = self.folder / name
+            _fsync(path)
+            manifest[name] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
         write_json(self.folder / MANIFEST, {"files": manifest})
         _fsync(self.folder / MANIFEST)
         if self.directory.is_dir():
@@ -168,12 +170,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _file_record(path: Path) -> dict:
-    """Size and sha256 of a file (flushed to disk first)."""
-    _fsync(path)
-    return {"size": path.stat().st_size, "sha256": sha256_of(path)}
-
-
 def sha256_of(path: Path) -> str:
     """The file's sha256, hex."""
     digest = hashlib.sha256()
@@ -215,8 +211,7 @@ def write_tsv(path: Path, header: list[str], batches: Iterable[pa.RecordBatch]) 
         out.write(("\t".join(header) + "\n").encode())
         writer = None
         for batch in batches:
-            if writer is None:
-                writer = pacsv.CSVWriter(out, batch.schema, write_options=options)
+            writer = writer or pacsv.CSVWriter(out, batch.schema, write_options=options)
             writer.write_batch(batch)
         if writer is not None:
             writer.close()
@@ -244,12 +239,11 @@ def dataset_config(data_path: Path, inter_fields: list[str], item_fields: list[s
     """The dataset YAML: fields, columns to load, history length and a leave-one-out split by time.
 
     No user/item filter is set: the converter already filtered."""
-    fields = {"USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id"}
-    if "rating" in inter_fields:
-        fields["RATING_FIELD"] = "rating"
     return {
         "data_path": str(data_path.resolve()),
-        **fields,
+        "USER_ID_FIELD": "user_id",
+        "ITEM_ID_FIELD": "item_id",
+        **({"RATING_FIELD": "rating"} if "rating" in inter_fields else {}),
         "TIME_FIELD": "timestamp",
         "field_separator": "\t",
         "seq_separator": " ",

@@ -33,20 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.run(args)
-    except Exception as err:  # each kind becomes one line unless debugging
+    except (Exception, KeyboardInterrupt) as err:  # each kind becomes one line unless debugging
         if debug:
             raise
         message, status = _describe(err)
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        message, status = "interrupted; nothing was replaced (rerun to resume or redo)", EXIT_INTERRUPTED
     print(f"srt-prep: error: {message}", file=sys.stderr)
     return status
 
 
-def _describe(err: Exception) -> tuple[str, int]:
+def _describe(err: Exception | KeyboardInterrupt) -> tuple[str, int]:
     """The one-line message and exit status of an error."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted; nothing was replaced (rerun to resume or redo)", EXIT_INTERRUPTED
     if isinstance(err, PrepError):
         return str(err), EXIT_BAD_INPUT
     if isinstance(err, OSError):  # permissions, disk full, a file where a folder is expected, ...
@@ -233,38 +231,31 @@ def _entries(args: argparse.Namespace) -> list[registry.Entry]:
             raise PrepError(f"cannot read spec file ({err.strerror})", args.spec) from None
         except UnicodeDecodeError as err:
             raise PrepError(f"spec file is not UTF-8 text ({err.reason})", args.spec) from None
-        specs += [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+        specs += [spec for line in text.splitlines() if (spec := line.split("#")[0].strip())]
     if not specs:
         raise PrepError("no category given: use --category (repeatable) or --spec")
     entries = [registry.parse_entry(spec, args.release, args.source) for spec in specs]
     return list({entry.label: entry for entry in entries}.values())
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
-    """An argparse type: a number of ``kind`` greater than 0."""
+def _positive(kind: type[int] | type[float], zero: bool = False) -> Callable[[str], int | float]:
+    """An argparse type: a finite number of ``kind`` greater than 0 (or equal to 0, with ``zero``)."""
+    what = "an integer" if kind is int else "a number"
 
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0 or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not (value >= 0 if zero else value > 0) or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero else 'greater than 0'}: {text!r}")
         return value
 
     parse.__name__ = kind.__name__
     return parse
 
 
-def _count(text: str) -> int:
-    """An argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
-    return value
+_count = _positive(int, zero=True)  # an integer >= 0
 
 
 def _timestamp(text: str) -> float:

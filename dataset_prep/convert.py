@@ -17,6 +17,7 @@ files still match their manifest, writes nothing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import wait
@@ -64,7 +65,6 @@ WRITE_BATCH = 1 << 20
 SWAP_MIN_SHARE = 0.1
 SWAP_RATIO = 4.0
 ENGINE_OPTIONS = ("memory_limit", "temp_dir")  # how the engine runs: no part of the output
-_CODES = {"users": "uc", "items": "ic"}  # the code column of each in table rows
 
 
 @dataclass
@@ -102,29 +102,27 @@ def default_name(entries: list[Entry]) -> str:
 
 def locate(entry: Entry, name: str, inputs: list[Path]) -> Path:
     """Find the file called ``name`` in ``DIR/<release>/`` or ``DIR/`` of each input, gzipped or not."""
-    found = _find(name, entry.release.name, inputs)
-    if found is not None:
+    release = entry.release.name
+    if (found := _find(name, release, inputs)) is not None:
         return found
     plain, other = _names_of(name)
     searched = ", ".join(str(d) + _folder_note(d) for d in inputs)
-    hint = f"get it with `srt-prep download --release {entry.release.name} --category {entry.category}`"
-    misplaced = _find(name, entry.release.name, inputs, Path.is_dir)
-    if misplaced is not None:
+    hint = f"get it with `srt-prep download --release {release} --category {entry.category}`"
+    if (misplaced := _find(name, release, inputs, Path.is_dir)) is not None:
         hint = f"{misplaced} is a folder, not the file"
     if name == entry.interactions_file:
         for source, published in entry.release.sources.items():
-            there = _find(published.file(entry.category), entry.release.name, inputs)
-            if source != entry.source and there is not None:
+            if source != entry.source and (there := _find(published.file(entry.category), release, inputs)):
                 hint = (
                     f"{there} is there: that is the {source!r} file; read it with --source {source} "
-                    f"(or --category {entry.release.name}:{entry.category}:{source})"
+                    f"(or --category {release}:{entry.category}:{source})"
                 )
                 break
         as_published = Path(entry.interactions_path).name
-        there = None if as_published == name else _find(as_published, entry.release.name, inputs)
+        there = None if as_published == name else _find(as_published, release, inputs)
         if there is not None:
             hint = (
-                f"{there} is there under its published name, which the {entry.release.name} benchmark's "
+                f"{there} is there under its published name, which the {release} benchmark's "
                 f"0core and 5core files share: rename it to {name} if it is the {entry.source!r} file"
             )
     raise PrepError(f"{entry.label}: file {plain} (or {other}) not found in {searched}; {hint}")
@@ -239,11 +237,6 @@ def _convert(
         stage.path(f"{opts.name}.yaml"),
         dataset_config(opts.output, _names(INTER_HEADER), _names(ITEM_HEADER), opts.max_seq_len),
     )
-    without_meta, without_text = engine.one(
-        """SELECT count(*) FILTER (WHERE NOT has_meta), count(*) FILTER (WHERE has_meta AND NOT has_text)
-        FROM items WHERE code IN (SELECT ic FROM alive_items)"""
-    )
-    counts["items"].update(kept_without_metadata=without_meta, kept_without_text=without_text)
     result = {
         "name": opts.name,
         "fingerprint": fingerprint,
@@ -305,29 +298,31 @@ def _filter(engine: Engine, input_stats: list[dict], opts: ConvertOptions, repor
             f"popular item {most[1]}; lower the thresholds or add data)"
         ),
     )
-    # Users and items seen: those of a row with usable ids (every one when no id is unusable).
-    seen = {"users": "", "items": ""}
-    if summary.dropped["malformed_line"]:
-        seen = {
-            t: f"WHERE code IN (SELECT DISTINCT {c} FROM rows WHERE stage <> 1)" for t, c in _CODES.items()
-        }
-    users_before, users_excluded, users_after = engine.one(
-        f"""SELECT count(*), count(*) FILTER (WHERE excluded),
-            count(*) FILTER (WHERE code IN (SELECT uc FROM alive_users)) FROM users {seen["users"]}"""
-    )
-    items_before, items_missing_meta, items_missing_text, items_after = engine.one(
-        f"""SELECT count(*), count(*) FILTER (WHERE NOT has_meta), count(*) FILTER (WHERE has_meta AND NOT
-        has_text), count(*) FILTER (WHERE code IN (SELECT ic FROM alive_items)) FROM items {seen["items"]}"""
-    )
+
+    def seen(table: str, code: str, counts: dict[str, str]) -> dict[str, int]:
+        """Per count, the users or items seen (those of a row with usable ids) that meet its condition
+        (``kept``: in the k-core)."""
+        usable = f"WHERE code IN (SELECT DISTINCT {code} FROM rows WHERE stage <> 1)"
+        row = engine.one(
+            f"""SELECT {", ".join(f"count(*) FILTER (WHERE {c})" for c in counts.values())}
+            FROM (SELECT *, code IN (SELECT {code} FROM alive_{table}) AS kept FROM {table}
+                {usable if summary.dropped["malformed_line"] else ""})"""
+        )
+        return dict(zip(counts, row, strict=True))
+
+    no_text = "has_meta AND NOT has_text"
+    item_counts = {
+        "before": "true",
+        "after": "kept",
+        "missing_metadata": "NOT has_meta",
+        "missing_text": no_text,
+        "kept_without_metadata": "kept AND NOT has_meta",
+        "kept_without_text": f"kept AND {no_text}",
+    }
     return {
         "kept": kept,
-        "users": {"before": users_before, "after": users_after, "excluded": users_excluded},
-        "items": {
-            "before": items_before,
-            "after": items_after,
-            "missing_metadata": items_missing_meta,
-            "missing_text": items_missing_text,
-        },
+        "users": seen("users", "uc", {"before": "true", "after": "kept", "excluded": "excluded"}),
+        "items": seen("items", "ic", item_counts),
     }
 
 
@@ -402,17 +397,12 @@ class _Appender:
 
     def add(self, *values: object) -> None:
         """One row."""
-        for column, value in zip(self.columns.values(), values, strict=True):
-            column.append(value)
-        self._flush_if_full()
+        self.extend(*([value] for value in values))
 
-    def extend(self, values: list[str]) -> None:
-        """Several rows of a one-column table."""
-        (column,) = self.columns.values()
-        column.extend(values)
-        self._flush_if_full()
-
-    def _flush_if_full(self) -> None:
+    def extend(self, *columns: list) -> None:
+        """Several rows, given column by column."""
+        for held, values in zip(self.columns.values(), columns, strict=True):
+            held.extend(values)
         if len(next(iter(self.columns.values()))) >= BATCH:
             self.flush()
 
@@ -445,7 +435,7 @@ def _read_metadata(
     other_keys = _Appender(engine, "meta_keys", ("key",))
     keep_other_keys = any(isinstance(entry.layout, CsvLayout) for entry, _, _ in files)
     records = []
-    seq = 0
+    seq = itertools.count()  # each record's position across the metadata files
     for index, (entry, _, path) in enumerate(files):
         prefix = _item_prefix(entry, multi_release)
 
@@ -460,9 +450,8 @@ def _read_metadata(
 
         stats = MetaStats(str(path))
         for key, text in read_meta(path, entry.release.meta_layout, wanted, stats, opts.max_text_len):
-            meta.add(seq, index, prefix + key, text.title, text.brand, text.categories, text.description,
-                     not text.is_empty())  # fmt: skip
-            seq += 1
+            fields = (getattr(text, name) for name in TEXT_FIELDS)
+            meta.add(next(seq), index, prefix + key, *fields, not text.is_empty())
         _warn_about(stats, report)
         records.append({"entry": entry.label, **asdict(stats)})
     meta.flush()
@@ -493,31 +482,25 @@ def _read_exclusions(paths: list[Path], engine: Engine) -> None:
     """Give ``users`` the flag ``excluded``: the user appears in one of the given ``.inter`` files."""
     engine.run("CREATE TABLE excluded (token VARCHAR)")
     tokens = _Appender(engine, "excluded", ("token",))
-    for path in paths:
-        for batch in _inter_users(path):
-            tokens.extend(batch)
+    for path in paths:  # the user_id column of each RecBole .inter file, a block of lines at a time
+        column = None
+        for block in LineBlocks(path):
+            users = []
+            for line in block.data.decode("utf-8", errors="replace").splitlines():
+                cells = line.split("\t")
+                if column is None:
+                    names = [c.split(":")[0] for c in cells]
+                    if "user_id" not in names:
+                        raise PrepError("no user_id column in the header of this .inter file", path, 1)
+                    column = names.index("user_id")
+                elif len(cells) > column:
+                    users.append(cells[column])
+            tokens.extend(users)
     tokens.flush()
     engine.run(
         """CREATE OR REPLACE TABLE users AS
         SELECT users.*, token IN (SELECT token FROM excluded) AS excluded FROM users"""
     )
-
-
-def _inter_users(path: Path) -> Iterator[list[str]]:
-    """The ``user_id`` column of a RecBole ``.inter`` file, a block of lines at a time."""
-    column = None
-    for block in LineBlocks(path):
-        users = []
-        for line in block.data.decode("utf-8", errors="replace").splitlines():
-            cells = line.split("\t")
-            if column is None:
-                names = [c.split(":")[0] for c in cells]
-                if "user_id" not in names:
-                    raise PrepError("no user_id column in the header of this .inter file", path, 1)
-                column = names.index("user_id")
-            elif len(cells) > column:
-                users.append(cells[column])
-        yield users
 
 
 def _inter_batches(inter: Interactions) -> Iterator[pa.RecordBatch]:
@@ -569,13 +552,14 @@ def _write_items(path: Path, engine: Engine) -> None:
 
 
 def _options_record(opts: ConvertOptions) -> dict:
+    """The options as JSON values (paths resolved), but ``force``."""
     record = asdict(opts)
+    del record["force"]
     record["entries"] = [e.label for e in opts.entries]
     for key in ("inputs", "exclude_users_of"):
         record[key] = [str(Path(p).resolve()) for p in record[key]]
-    record["output"] = str(Path(opts.output).resolve())
-    record["temp_dir"] = None if opts.temp_dir is None else str(Path(opts.temp_dir).resolve())
-    del record["force"]
+    for key in ("output", "temp_dir"):
+        record[key] = None if record[key] is None else str(Path(record[key]).resolve())
     return record
 
 

@@ -106,17 +106,16 @@ def fetch(url: str, dest: Path, timeout: float, check: Callable[[Path], None], l
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.is_file() else 0
     while True:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            response = urllib.request.urlopen(_request(url, offset), timeout=timeout)
+            response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
         except urllib.error.HTTPError as err:
             if err.code == 416 and offset:
-                total = _range_total(err.headers)
+                total = _content_range(err.headers)[2]
                 if total == offset:  # nothing after our offset: the .part is complete
                     return _finish(part, dest, url, True, check, log)
                 size = "of unknown size" if total is None else f"{total} bytes"
-                _note(part, f"is {offset} bytes, the file on the server {size}; starting again")
-                offset = 0
-                part.unlink()
+                offset = _restart(part, f"is {offset} bytes, the file on the server {size}; starting again")
                 continue
             raise PrepError(f"download failed: HTTP {err.code} {err.reason} for {url}") from None
         except (*NETWORK_ERRORS, ValueError) as err:  # ValueError: a URL urllib cannot parse (bad port)
@@ -129,28 +128,26 @@ def fetch(url: str, dest: Path, timeout: float, check: Callable[[Path], None], l
                     raise PrepError(
                         f"download failed: the server sent a partial body without a range for {url}"
                     )
-                _note(part, f"the server sent bytes from {start}, not {offset}; starting again")
-                offset = 0
-                part.unlink(missing_ok=True)
+                offset = _restart(part, f"the server sent bytes from {start}, not {offset}; starting again")
                 continue
             if offset and start == 0:
-                _note(part, "the server did not resume (it sent the file from its start); starting again")
+                _restart(part, "the server did not resume (it sent the file from its start); starting again")
             _receive(response, part, start, total, dest.name, url)
         return _finish(part, dest, url, total is not None, check, log)
 
 
-def _request(url: str, offset: int) -> urllib.request.Request:
-    return urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-
-
-def _note(part: Path, message: str) -> None:
+def _restart(part: Path, message: str) -> int:
+    """Warn that ``part`` is dropped, delete it; the offset to fetch from now (0)."""
     print(f"srt-prep: warning: {part}: {message}", file=sys.stderr)
+    part.unlink(missing_ok=True)
+    return 0
 
 
-def _range_total(headers: Message | None) -> int | None:
-    """The total length from a Content-Range header (``bytes */N`` on a 416), or None."""
+def _content_range(headers: Message | None) -> tuple[int | None, int | None, int | None]:
+    """(first byte, last byte, total) of a Content-Range header (``bytes */N`` on a 416); None if absent."""
     found = _CONTENT_RANGE.fullmatch((headers or {}).get("Content-Range", "").strip())
-    return int(found.group(3)) if found and found.group(3) != "*" else None
+    groups = found.groups() if found else (None, None, None)
+    return tuple(None if g in (None, "*") else int(g) for g in groups)
 
 
 def _body_range(response: http.client.HTTPResponse, url: str) -> tuple[int | None, int | None]:
@@ -161,16 +158,14 @@ def _body_range(response: http.client.HTTPResponse, url: str) -> tuple[int | Non
         return 0, length
     if response.status != 206:
         raise PrepError(f"download failed: unexpected HTTP {response.status} {response.reason} for {url}")
-    found = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-    if not found or found.group(1) is None:
+    start, end, total = _content_range(response.headers)
+    if start is None:
         return None, None  # a 206 without a usable Content-Range: start again without a range
-    start, end = int(found.group(1)), int(found.group(2))
     if length is not None and length != end - start + 1:
         raise PrepError(
             f"download failed: the server's Content-Range ({start}-{end}) and Content-Length ({length}) "
             f"disagree for {url}"
         )
-    total = int(found.group(3)) if found.group(3) != "*" else None
     return start, total
 
 
@@ -187,20 +182,14 @@ def _receive(
                 out.write(chunk)
                 bar.update(len(chunk))
     except NETWORK_ERRORS as err:
+        text, name = str(err), type(err).__name__
+        why = text if text.startswith(name) else f"{name}: {text}"  # IncompleteRead(...) names itself
         raise PrepError(
-            f"download of {url} interrupted after {part.stat().st_size} bytes "
-            f"({_describe(err)}); rerun to resume",
-            part,
+            f"download of {url} interrupted after {part.stat().st_size} bytes ({why}); rerun to resume", part
         ) from None
     size = part.stat().st_size
     if total is not None and size != total:
         raise PrepError(f"download of {url} incomplete ({size} of {total} bytes); rerun to resume", part)
-
-
-def _describe(err: BaseException) -> str:
-    """``Name: text``, or just the text when it already starts with the name (``IncompleteRead(...)``)."""
-    text, name = str(err), type(err).__name__
-    return text if text.startswith(name) else f"{name}: {text}"
 
 
 def _read(response: http.client.HTTPResponse, out: BinaryIO) -> bytes:
@@ -242,7 +231,7 @@ def verify(path: Path, layout: CsvLayout | JsonLayout | MetaLayout) -> None:
         verify_gzip(path)
     else:
         with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - 1))
+            f.seek(-1, os.SEEK_END)  # not empty: checked above
             if f.read(1) != b"\n":
                 raise PrepError("ends in the middle of a line (cut short?)", path)
     check_first_lines(path, layout)

@@ -52,9 +52,8 @@ def stage_rows(criteria: Criteria, dedup: str) -> list[tuple[str, list[object]]]
     those stages, like the excluded-user stage, hold for every row of an item (or user), so for every row
     of a (user, item) pair alike."""
     # NumPy compared the float32 ratings with the threshold rounded to float32; NaN drops nothing.
-    threshold = (
-        None if criteria.min_rating is None or math.isnan(criteria.min_rating) else criteria.min_rating
-    )
+    low = criteria.min_rating
+    threshold = None if low is None or math.isnan(low) else float(np.float32(low))
     sql = """CREATE TABLE rows AS SELECT u.code AS uc, i.code AS ic, raw.r, raw.ts, raw.rating,
             (CASE WHEN NOT (u.ok AND i.ok) THEN 1
                   WHEN raw.ts < $1 OR raw.ts >= $2 THEN 2
@@ -62,8 +61,7 @@ def stage_rows(criteria: Criteria, dedup: str) -> list[tuple[str, list[object]]]
                   WHEN u.excluded THEN 6
                   ELSE 0 END)::UTINYINT AS stage
         FROM raw JOIN users u ON raw.user = u.token JOIN items i ON raw.item = i.token"""
-    bounds = [criteria.start, criteria.end, None if threshold is None else float(np.float32(threshold))]
-    statements = [(sql, bounds)]
+    statements = [(sql, [criteria.start, criteria.end, threshold])]
     if dedup != "all":
         way = "ASC" if dedup == "first" else "DESC"
         losers = f"""CREATE TABLE losers AS SELECT r FROM (

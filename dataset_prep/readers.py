@@ -34,6 +34,7 @@ MAX_EXAMPLES = 5
 # stored), which is most of what the converter holds outside the engine.
 INTERACTION_BLOCK = 16 << 20
 Layout = CsvLayout | JsonLayout
+_BAD_RECORD = (ValueError, TypeError, SyntaxError, MemoryError, RecursionError)  # what a bad line raises
 
 
 @dataclass
@@ -49,11 +50,11 @@ class FileStats:
     partial_lines: int = 0
     examples: list[str] = field(default_factory=list)
 
-    def bad(self, line: int, reason: str) -> None:
+    def bad(self, line: int, err: BaseException) -> None:
         """Count one malformed line; keep the first few as examples."""
         self.malformed += 1
         if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(f"line {line}: {reason}")
+            self.examples.append(f"line {line}: {str(err) or type(err).__name__}")
 
     def finish(self, blocks: LineBlocks) -> None:
         """Record the stream's end state (truncation) after the last block."""
@@ -103,17 +104,17 @@ class Chunk:
 def read_interactions(path: Path, layout: Layout, stats: FileStats) -> Iterator[Chunk]:
     """Stream the interaction file at ``path``; fills ``stats``; raises if nothing is readable."""
     blocks = LineBlocks(path, block_size=INTERACTION_BLOCK, progress=path.name)
-    fast, slow = (_csv_fast, _csv_line) if isinstance(layout, CsvLayout) else (_json_fast, _json_line)
     for block in blocks:
-        if block.first_line == 1:
-            block = _without_header(block, layout)
-        chunk = fast(block, layout)
-        if chunk is not None:
-            n = len(chunk.rating)
-            stats.lines += n
-            stats.parsed += n
+        if block.first_line == 1:  # skip the header line, if the layout has one and the file starts so
+            cut = block.data.find(b"\n") + 1
+            if _is_header(block.data[:cut].decode("utf-8", errors="replace"), layout):
+                block = Block(block.data[cut:], 2)
+        chunk = _fast_block(block, layout)
+        if chunk is None:
+            chunk = _slow_block(block, layout, stats)
         else:
-            chunk = _slow_block(block, layout, slow, stats)
+            stats.lines += len(chunk.rating)
+            stats.parsed += len(chunk.rating)
         if len(chunk.rating):
             yield chunk
         if stats.lines and not stats.parsed:  # a whole first block of rejects: wrong format, stop early
@@ -131,15 +132,8 @@ def _is_header(line: str, layout: Layout | MetaLayout) -> bool:
     )
 
 
-def _without_header(block: Block, layout: Layout) -> Block:
-    """The first block of a file without its header line (if the layout has one and the file starts so)."""
-    cut = block.data.find(b"\n") + 1
-    if _is_header(block.data[:cut].decode("utf-8", errors="replace"), layout):
-        return Block(block.data[cut:], block.first_line + 1)
-    return block
-
-
-def _slow_block(block: Block, layout: Layout, parse_line: Callable, stats: FileStats) -> Chunk:
+def _slow_block(block: Block, layout: Layout, stats: FileStats) -> Chunk:
+    parse_line = _csv_line if isinstance(layout, CsvLayout) else _json_line
     users: list[str] = []
     items: list[str] = []
     ratings: list[float] = []
@@ -148,11 +142,10 @@ def _slow_block(block: Block, layout: Layout, parse_line: Callable, stats: FileS
         if not raw.strip():
             continue
         stats.lines += 1
-        line = _decode(raw, stats)
         try:
-            user, item, rating, ts = parse_line(line, layout)
+            user, item, rating, ts = parse_line(_decode(raw, stats), layout)
         except (ValueError, TypeError, RecursionError) as err:
-            stats.bad(number, str(err) or type(err).__name__)
+            stats.bad(number, err)
             continue
         users.append(user)
         items.append(item)
@@ -193,7 +186,7 @@ def _ident(value: object, name: str) -> str:
 def _csv_line(line: str, layout: CsvLayout) -> tuple[str, str, float, float]:
     cells = line.rstrip("\r\n").split(",")
     if len(cells) != 4:
-        raise ValueError(f"expected 4 comma-separated fields, found {len(cells)}: {line.strip()[:60]!r}")
+        raise ValueError(f"expected 4 comma-separated fields, found {len(cells)}: {_snip(line)}")
     return (
         _ident(cells[layout.user_col], "user"),
         _ident(cells[layout.item_col], "item"),
@@ -203,75 +196,61 @@ def _csv_line(line: str, layout: CsvLayout) -> tuple[str, str, float, float]:
 
 
 def _json_line(line: str, layout: JsonLayout) -> tuple[str, str, float, float]:
-    record = _parse_json_object(line)
-    for key in (layout.user_key, layout.item_key, layout.rating_key, layout.time_key):
+    record = _parse_object(line)
+    user, item, rating, ts = keys = layout.user_key, layout.item_key, layout.rating_key, layout.time_key
+    for key in keys:
         if key not in record:
             raise ValueError(f"missing key {key!r}")
     return (
-        _ident(record[layout.user_key], layout.user_key),
-        _ident(record[layout.item_key], layout.item_key),
-        _finite(record[layout.rating_key], layout.rating_key),
-        _finite(record[layout.time_key], layout.time_key),
+        _ident(record[user], user),
+        _ident(record[item], item),
+        _finite(record[rating], rating),
+        _finite(record[ts], ts),
     )
 
 
-def _csv_fast(block: Block, layout: CsvLayout) -> Chunk | None:
-    """pyarrow's CSV parser on a block; None (use the careful path) on any row it does not take cleanly:
-    wrong field count, non-numeric rating/time (both raise), empty id, missing or non-finite number."""
-    names = ["c0", "c1", "c2", "c3"]
-    types = dict.fromkeys(names, pa.string())
-    types[names[layout.rating_col]] = types[names[layout.time_col]] = pa.float64()
+def _columns(layout: Layout) -> tuple:
+    """Where the user, item, rating and time are: CSV column numbers or JSON keys."""
+    if isinstance(layout, CsvLayout):
+        return layout.user_col, layout.item_col, layout.rating_col, layout.time_col
+    return layout.user_key, layout.item_key, layout.rating_key, layout.time_key
+
+
+def _fast_block(block: Block, layout: Layout) -> Chunk | None:
+    """pyarrow's multi-threaded CSV or JSON-lines parser (only the needed fields) on a block; None (use the
+    careful path) on any row it does not take cleanly: wrong field count, non-numeric rating/time (both
+    raise), null or empty id, non-finite number."""
+    types = (pa.string(), pa.string(), pa.float64(), pa.float64())
+    data = io.BytesIO(block.data)
     try:
-        table = pacsv.read_csv(
-            io.BytesIO(block.data),
-            read_options=pacsv.ReadOptions(column_names=names, block_size=4 << 20),
-            parse_options=pacsv.ParseOptions(quote_char=False),
-            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
-        )
+        if isinstance(layout, CsvLayout):
+            names = [f"c{i}" for i in _columns(layout)]
+            table = pacsv.read_csv(
+                data,
+                read_options=pacsv.ReadOptions(column_names=["c0", "c1", "c2", "c3"], block_size=4 << 20),
+                parse_options=pacsv.ParseOptions(quote_char=False),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict(zip(names, types, strict=True)), strings_can_be_null=False
+                ),
+            )
+        else:
+            names = list(_columns(layout))
+            schema = pa.schema(zip(names, types, strict=True))
+            table = pajson.read_json(
+                data,
+                read_options=pajson.ReadOptions(block_size=4 << 20),
+                parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+            )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    users = table[names[layout.user_col]].combine_chunks()
-    items = table[names[layout.item_col]].combine_chunks()
-    rating = table[names[layout.rating_col]].to_numpy()
-    ts = table[names[layout.time_col]].to_numpy()
-    if not _clean_columns(users, items, rating, ts):
-        return None
-    return Chunk.of(users, items, rating, ts)
-
-
-def _json_fast(block: Block, layout: JsonLayout) -> Chunk | None:
-    """pyarrow's JSON-lines parser with only the needed keys; None if any line needs the careful path."""
-    schema = pa.schema(
-        [
-            (layout.user_key, pa.string()),
-            (layout.item_key, pa.string()),
-            (layout.rating_key, pa.float64()),
-            (layout.time_key, pa.float64()),
-        ]
-    )
-    try:
-        table = pajson.read_json(
-            io.BytesIO(block.data),
-            read_options=pajson.ReadOptions(block_size=4 << 20),
-            parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
-        )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    users = table[layout.user_key].combine_chunks()
-    items = table[layout.item_key].combine_chunks()
-    rating = table[layout.rating_key].to_numpy()
-    ts = table[layout.time_key].to_numpy()
-    if not _clean_columns(users, items, rating, ts):
-        return None
-    return Chunk.of(users, items, rating, ts)
-
-
-def _clean_columns(users: pa.Array, items: pa.Array, rating: np.ndarray, ts: np.ndarray) -> bool:
-    """No null or empty id, every number finite (object dtype means nulls were present)."""
+    users, items = (table[name].combine_chunks() for name in names[:2])
+    rating, ts = (table[name].to_numpy() for name in names[2:])
     for ids in (users, items):
         if ids.null_count or (len(ids) and pc.min(pc.binary_length(ids)).as_py() == 0):
-            return False
-    return all(a.dtype != object and np.isfinite(a).all() for a in (rating, ts))
+            return None
+    if any(a.dtype == object or not np.isfinite(a).all() for a in (rating, ts)):  # object: nulls present
+        return None
+    return Chunk.of(users, items, rating, ts)
 
 
 @dataclass
@@ -306,7 +285,6 @@ def read_meta(
     list of keys (the keys of a block's lines, found without parsing) and says which are needed."""
     key = re.escape(layout.item_key.encode())
     quick_key = re.compile(rb"""['"]""" + key + rb"""['"]\s*:\s*(?:'([^'\\]*)'|"([^"\\]*)")""")
-    parse = _parse_json_object if layout.syntax == "json" else _parse_python_dict
     blocks = LineBlocks(path, progress=path.name)
     for block in blocks:
         lines = block.data.splitlines()
@@ -320,12 +298,10 @@ def read_meta(
             if needed is False:
                 stats.not_needed += 1
                 continue
-            line = _decode(raw, stats)
             try:
-                record = parse(line)
-                item = _ident(record.get(layout.item_key), layout.item_key)
-            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err:
-                stats.bad(number, str(err) or type(err).__name__)
+                record, item = _meta_record(_decode(raw, stats), layout)
+            except _BAD_RECORD as err:
+                stats.bad(number, err)
                 continue
             stats.parsed += 1
             if needed if item == quick_item else wanted([item])[0]:
@@ -353,10 +329,15 @@ def check_first_lines(path: Path, layout: Layout | MetaLayout, count: int = 5) -
             if not line.strip() or (number == 1 and _is_header(line, layout)):
                 continue
             if line.lstrip("\ufeff \t").startswith("<"):
-                raise PrepError(f"is an HTML page, not a data file (starts {line.strip()[:60]!r})", path)
+                raise PrepError(f"is an HTML page, not a data file (starts {_snip(line)})", path)
             try:
-                _parse_record(line, layout)
-            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err:
+                if isinstance(layout, MetaLayout):
+                    _meta_record(line, layout)
+                elif isinstance(layout, CsvLayout):
+                    _csv_line(line, layout)
+                else:
+                    _json_line(line, layout)
+            except _BAD_RECORD as err:
                 raise PrepError(f"not the release's record layout: {err}", path, number) from None
             seen += 1
             if seen == count:
@@ -365,25 +346,14 @@ def check_first_lines(path: Path, layout: Layout | MetaLayout, count: int = 5) -
         raise PrepError("holds no record", path)
 
 
-def _parse_record(line: str, layout: Layout | MetaLayout) -> None:
-    """Parse one line as ``layout`` (raising ValueError/TypeError/SyntaxError if it is not one)."""
-    if isinstance(layout, CsvLayout):
-        _csv_line(line, layout)
-    elif isinstance(layout, JsonLayout):
-        _json_line(line, layout)
-    else:
-        record = (_parse_json_object if layout.syntax == "json" else _parse_python_dict)(line)
-        _ident(record.get(layout.item_key), layout.item_key)
+def _meta_record(line: str, layout: MetaLayout) -> tuple[dict, str]:
+    """A metadata line's record and item key (ValueError, TypeError, SyntaxError... if it is not one)."""
+    record = _parse_object(line, layout.syntax)
+    return record, _ident(record.get(layout.item_key), layout.item_key)
 
 
-def _parse_json_object(line: str) -> dict:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not JSON ({err.msg}): {line.strip()[:60]!r}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"not a JSON object: {line.strip()[:60]!r}")
-    return record
+def _snip(line: str) -> str:
+    return repr(line.strip()[:60])
 
 
 # The 2014 'related' value (lists of asins, most of a line's bytes, never used here) in its exact shape;
@@ -391,15 +361,22 @@ def _parse_json_object(line: str) -> dict:
 _RELATED_2014 = re.compile(r"'related': \{(?:'[a-z_]+': \[(?:'[A-Za-z0-9]+'(?:, )?)*\](?:, )?)*\}(?:, )?")
 
 
-def _parse_python_dict(line: str) -> dict:
-    """A 2014 metadata line: a Python dict literal. ``ast.literal_eval`` evaluates literals only, so a
-    line such as ``__import__('os').system(...)`` is rejected, never run."""
+def _parse_object(line: str, syntax: str = "json") -> dict:
+    """A JSON object, or (``syntax="python"``: a 2014 metadata line) a Python dict literal.
+    ``ast.literal_eval`` evaluates literals only, so a line such as ``__import__('os').system(...)`` is
+    rejected, never run."""
     try:
-        record = ast.literal_eval(_RELATED_2014.sub("", line.strip()))
-    except (ValueError, SyntaxError) as err:
-        raise ValueError(f"not a Python dict literal ({type(err).__name__}): {line.strip()[:60]!r}") from None
+        if syntax == "json":
+            record = json.loads(line)
+        else:
+            record = ast.literal_eval(_RELATED_2014.sub("", line.strip()))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON ({err.msg}): {_snip(line)}") from None
+    except (ValueError, SyntaxError) as err:  # from ast.literal_eval
+        raise ValueError(f"not a Python dict literal ({type(err).__name__}): {_snip(line)}") from None
     if not isinstance(record, dict):
-        raise ValueError(f"not a Python dict literal: {line.strip()[:60]!r}")
+        what = "a JSON object" if syntax == "json" else "a Python dict literal"
+        raise ValueError(f"not {what}: {_snip(line)}")
     return record
 
 

@@ -155,14 +155,6 @@ def file_name(relative_path: str) -> str:
     return PurePosixPath(relative_path).name
 
 
-def get_release(name: str) -> Release:
-    """The release called ``name`` ("2014", "2018" or "2023")."""
-    try:
-        return RELEASES[str(name)]
-    except KeyError:
-        raise PrepError(f"unknown release {name!r}; choose one of {', '.join(RELEASES)}") from None
-
-
 def resolve_category(release: Release, name: str) -> str:
     """The exact category name, accepting any letter case; unknown names get the closest suggestion."""
     if name in release.categories:
@@ -183,15 +175,15 @@ def parse_entry(spec: str, default_release: str | None, default_source: str | No
     if len(parts) == 1:
         if default_release is None:
             raise PrepError(f"category {spec!r} needs a release: pass --release or write RELEASE:{spec}")
-        release_name, category, source = default_release, parts[0], default_source
-    elif len(parts) in (2, 3):
-        release_name, category = parts[0], parts[1]
-        source = parts[2] if len(parts) == 3 else default_source
-    else:
+        parts.insert(0, default_release)
+    if len(parts) not in (2, 3):
         raise PrepError(
             f"cannot read {spec!r}: expected CATEGORY, RELEASE:CATEGORY or RELEASE:CATEGORY:SOURCE"
         )
-    release = get_release(release_name)
+    release_name, category, source = parts if len(parts) == 3 else [*parts, default_source]
+    release = RELEASES.get(release_name)
+    if release is None:
+        raise PrepError(f"unknown release {release_name!r}; choose one of {', '.join(RELEASES)}")
     source = source or release.default_source
     if source not in release.sources:
         raise PrepError(
@@ -216,10 +208,9 @@ def table(release_names: list[str] | None = None, urls: bool = False) -> str:
             )
             meta = release.meta_path.format(cat=cat)
             rows.append([release.name, cat, sources, release.base_url + meta if urls else file_name(meta)])
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    rows.insert(0, header)
+    widths = [max(map(len, column)) for column in zip(header, *rows, strict=True)]
+    rows = [header, ["-" * w for w in widths], *rows]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     if urls:
         lines.append("")
         lines += [f"{r.name} base URL: {r.base_url}" for r in RELEASES.values()]

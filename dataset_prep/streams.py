@@ -71,13 +71,12 @@ class LineBlocks:
             for data in self._decoded(raw, bar):
                 pieces.append(data)
                 size += len(data)
-                if size < self.block_size:
-                    continue
-                joined = b"".join(pieces)
-                cut = joined.rfind(b"\n") + 1
-                pieces, size = [joined[cut:]], len(joined) - cut
-                if cut:
-                    yield self._block(joined[:cut])
+                if size >= self.block_size:
+                    joined = b"".join(pieces)
+                    cut = joined.rfind(b"\n") + 1
+                    pieces, size = [joined[cut:]], len(joined) - cut
+                    if cut:
+                        yield self._block(joined[:cut])
         rest = b"".join(pieces)
         cut = rest.rfind(b"\n") + 1
         if cut:
@@ -104,11 +103,8 @@ class LineBlocks:
             return
         decomp = zlib.decompressobj(wbits=31)
         member_has_data = False
-        while True:
-            chunk = raw.read(READ_SIZE)
+        while chunk := raw.read(READ_SIZE):
             bar.update(len(chunk))
-            if not chunk:
-                break
             while chunk:
                 try:
                     out = decomp.decompress(chunk, self.block_size)
@@ -124,8 +120,7 @@ class LineBlocks:
                 else:
                     chunk = decomp.unconsumed_tail
         if member_has_data:
-            out = decomp.flush()
-            if out:
+            if out := decomp.flush():
                 yield out
             self.truncated = True
 

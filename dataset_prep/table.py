@@ -38,11 +38,9 @@ class Interactions:
     def add(self, chunk: Chunk, item_prefix: str = "") -> None:
         """Append a parsed chunk (timestamps already in seconds); items get ``item_prefix``."""
         n = len(chunk.rating)
-        items = (
-            pc.binary_join_element_wise(pa.scalar(item_prefix), chunk.items, "")
-            if item_prefix
-            else chunk.items
-        )
+        items = chunk.items
+        if item_prefix:
+            items = pc.binary_join_element_wise(pa.scalar(item_prefix), items, "")
         columns = {"r": np.arange(self.rows, self.rows + n), "user": chunk.users, "item": items}
         self.engine.append("raw", pa.table({**columns, "rating": chunk.rating, "ts": chunk.ts}))
         self.rows += n

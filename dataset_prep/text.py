@@ -49,10 +49,6 @@ def clean_text(value: object, max_len: int | None = None) -> str:
 
 def join_categories(values: Iterable[object]) -> str:
     """Flatten category paths (a list, or the 2014 list of lists), drop repeats, join with ", "."""
-    seen: dict[str, None] = {}
-    for value in values:
-        for name in value if isinstance(value, list | tuple) else [value]:
-            cleaned = clean_text(name)
-            if cleaned:
-                seen.setdefault(cleaned, None)
-    return CATEGORY_SEPARATOR.join(seen)
+    names = (name for value in values for name in (value if isinstance(value, list | tuple) else [value]))
+    cleaned = (clean_text(name) for name in names)
+    return CATEGORY_SEPARATOR.join(dict.fromkeys(text for text in cleaned if text))  # first-seen order

@@ -31,6 +31,7 @@ EARLIEST = 757382400.0  # 1994-01-01T00:00:00Z
 AUTO_MS_FROM = 1e11
 DIVISOR = {"s": 1.0, "ms": 1000.0}
 UNIT_WORD = {"s": "seconds", "ms": "milliseconds"}
+OTHER_UNIT = {"s": "ms", "ms": "s"}
 KINDS = ("plausible", "other_unit", "implausible")
 
 
@@ -58,15 +59,12 @@ class TimeCheck:
 
     def seconds(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``raw`` in seconds and the mask of plausible values; counts each kind."""
-        if self.read_unit == "auto":
-            seconds = np.where(raw >= AUTO_MS_FROM, raw / 1000.0, raw)
-        else:
-            seconds = raw / DIVISOR[self.read_unit]
+        unit = self.read_unit
+        seconds = np.where(raw >= AUTO_MS_FROM, raw / 1000.0, raw) if unit == "auto" else raw / DIVISOR[unit]
         ok = self._plausible(seconds)
         other = np.zeros(len(raw), bool)
-        if self.read_unit != "auto":
-            other_unit = "s" if self.read_unit == "ms" else "ms"
-            other = ~ok & self._plausible(raw / DIVISOR[other_unit])
+        if unit != "auto":
+            other = ~ok & self._plausible(raw / DIVISOR[OTHER_UNIT[unit]])
         for kind, mask in zip(KINDS, (ok, other, ~ok & ~other), strict=True):
             count = int(mask.sum())
             self.counts[kind] += count
@@ -82,15 +80,16 @@ class TimeCheck:
         """Values that are not plausible in the chosen unit."""
         return self.counts["other_unit"] + self.counts["implausible"]
 
-    def problem(self) -> str | None:
-        """What is wrong with the file's timestamps and the option that fits, or None."""
+    def stop(self) -> None:
+        """Raise :class:`PrepError` saying what is wrong with the file's timestamps and the option that fits,
+        if anything is."""
         if not self.odd:
-            return None
+            return
         unit = self.read_unit
         parts = []
         other, good = self.counts["other_unit"], self.counts["plausible"]
         if other:
-            other_unit = "s" if unit == "ms" else "ms"
+            other_unit = OTHER_UNIT[unit]
             value = self.examples["other_unit"]
             if good:
                 parts.append(
@@ -113,7 +112,7 @@ class TimeCheck:
                 )
         if self.counts["implausible"]:
             parts.append(f"{self._implausible()}: pass --odd-timestamps drop to drop those rows")
-        return "; ".join(parts)
+        raise PrepError("; ".join(parts), self.path)
 
     def _implausible(self) -> str:
         total = sum(self.counts.values())
@@ -134,12 +133,6 @@ class TimeCheck:
     def record(self, dropped: int) -> dict:
         """The report entry: unit read, counts by kind, rows dropped."""
         return {"unit": self.read_unit, **self.counts, "dropped": dropped}
-
-    def stop(self) -> None:
-        """Raise :class:`PrepError` describing the problem, if any."""
-        message = self.problem()
-        if message:
-            raise PrepError(message, self.path)
 
 
 def _show(value: float) -> str:

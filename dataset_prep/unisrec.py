@@ -175,9 +175,8 @@ def _check(splits: dict[str, list[Example]], sequences: dict[int, list[int]], ba
 
 def _read_text(path: Path) -> dict[str, str]:
     """``item_id:token<TAB>text:token_seq`` -> asin -> cleaned one-line text."""
-    lines = _lines(path)
     texts = {}
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in enumerate(_lines(path)[1:], start=2):
         asin, sep, text = line.partition("\t")
         if not sep:
             raise PrepError(f"expected 'item<TAB>text', got {line[:60]!r}", path, number)
