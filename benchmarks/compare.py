@@ -5,21 +5,14 @@
     python benchmarks/compare.py --dataset scientific --grid benchmarks/grids/scientific.yaml \
         --split valid --seeds 1 --workers 2 --out results/tune
 
-Every run is :func:`recbole_srt.pipeline.run` on the same atomic files with the same protocol:
-leave-one-out, time-ordered, full ranking, and :data:`SHARED_SETTINGS` (``--key=value`` changes one
-for every model). Each model otherwise keeps its own YAML defaults. Each (dataset, model or
-candidate, seed) runs in a fresh process (for an honest peak RSS) and is saved as
-``OUT/runs/<dataset>__<label>__seed<s>.json``; a rerun skips finished runs unless ``--force``.
-
-``--split test`` (default) reports test metrics of the best-on-valid epoch, the natural unseen slice
-(test targets absent from training) and, with ``--cold-start``, a held-out-items slice
-(:func:`hold_out_items`). ``--split valid`` is for choosing settings: the test split is never
-scored. ``--grid FILE`` runs named candidates (config overrides; ``model:`` in a candidate picks
-another model than the grid's) instead of ``--models``; the winner of a valid-split grid is what a
-model's defaults should be.
-
-Outputs in ``OUT``: ``results.csv`` (a row per run), ``summary.csv`` and ``results.md`` (mean ± std
-over seeds, the settings used), ``results.png``.
+Every run is :func:`recbole_srt.pipeline.run` with one protocol (leave-one-out, time-ordered, full
+ranking) and :data:`SHARED_SETTINGS` (``--key=value`` changes one for every model; otherwise each model
+keeps its YAML defaults). Each (dataset, label, seed) runs in a fresh process (for an honest peak RSS)
+and is saved as ``OUT/runs/<dataset>__<label>__seed<s>.json``; a rerun skips it unless ``--force``.
+``--split valid`` (for choosing settings) never scores the test split; ``--grid FILE`` runs its named
+candidates (overrides; ``model:`` in one picks another model than the grid's) instead of ``--models``.
+Outputs in ``OUT``: ``results.csv``, ``summary.csv``, ``results.md`` (mean ± std over seeds) and
+``results.png``; docs/benchmarks.md has the details.
 """
 
 from __future__ import annotations
@@ -36,16 +29,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 import torch
 import yaml
+from matplotlib.figure import Figure
 
 from recbole_srt.metrics import full_ranks, ranking_metrics
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 SHARED_SETTINGS = {
     "MAX_ITEM_LIST_LENGTH": 50,
@@ -112,14 +102,10 @@ def resolve_dataset(name: str, data_dir: Path, unisrec_dir: Path | None = None) 
     return DatasetSpec(name, data_dir, [str(yaml_file)])
 
 
-def _read_atomic(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-
-
 def _sorted_interactions(spec: DatasetSpec) -> tuple[pd.DataFrame, tuple[str, str, str]]:
     """The atomic ``.inter`` file (strings, plus a float ``_t``) in (user, time) order; its user, item
     and timestamp column names."""
-    inter = _read_atomic(spec.folder / f"{spec.name}.inter")
+    inter = pd.read_csv(spec.folder / f"{spec.name}.inter", sep="\t", dtype=str, keep_default_na=False)
     columns = tuple(
         next(c for c in inter.columns if c.startswith(f"{f}:")) for f in ("user_id", "item_id", "timestamp")
     )
@@ -216,30 +202,30 @@ def popularity_slices(split: str, targets: np.ndarray, ranks: np.ndarray, counts
 def slice_metrics(result, spec: DatasetSpec, cold_items: set[str] | None) -> dict:
     """Scoring speed, the whole test set ranked by hand (a check), the unseen, warm and cold slices, and
     the valid and test targets by training popularity."""
-    config, train = result.config, result.train_data._dataset
-    item_field = config["ITEM_ID_FIELD"]
+    tokens = list(result.train_data._dataset.field2id_token[result.config["ITEM_ID_FIELD"]])
     test_users, targets, ranks = target_ranks(result.trainer, result.test_data)
     valid_users, valid_targets, valid_ranks = target_ranks(result.trainer, result.valid_data)
-    counts = training_counts(spec, list(train.field2id_token[item_field]))
+    counts = training_counts(spec, tokens)
     unseen = counts[targets] == 0
     scored_on_valid = np.isin(test_users, valid_users)  # users with 3 interactions have no valid target
+
+    def part(name: str, inside: np.ndarray) -> dict:
+        metrics = {f"{name}_{k}": v for k, v in ranking_metrics(ranks[inside]).items()}
+        return {f"{name}_test_users": int(inside.sum()), **metrics}
+
     row = {
-        "scoring_users_per_s": scoring_throughput(result.model, result.test_data, config["device"]),
+        "scoring_users_per_s": scoring_throughput(result.model, result.test_data, result.config["device"]),
         "ranked_test_ndcg@10": ranking_metrics(ranks)["ndcg@10"],
-        "unseen_test_users": int(unseen.sum()),
-        **{f"unseen_{k}": v for k, v in ranking_metrics(ranks[unseen]).items()},
-        "warm_test_users": int((~unseen).sum()),
-        **{f"warm_{k}": v for k, v in ranking_metrics(ranks[~unseen]).items()},
+        **part("unseen", unseen),
+        **part("warm", ~unseen),
         **popularity_slices("valid", valid_targets, valid_ranks, counts),
         **popularity_slices("test", targets, ranks, counts),
         "test_users_with_valid": int(scored_on_valid.sum()),
         "test_with_valid_ndcg@10": ranking_metrics(ranks[scored_on_valid]).get("ndcg@10", float("nan")),
     }
     if cold_items is not None:
-        id_of = {token: i for i, token in enumerate(train.field2id_token[item_field])}
-        cold = np.isin(targets, [id_of[t] for t in cold_items if t in id_of])
-        row["cold_test_users"] = int(cold.sum())
-        row.update({f"cold_{k}": v for k, v in ranking_metrics(ranks[cold]).items()})
+        id_of = {token: i for i, token in enumerate(tokens)}
+        row |= part("cold", np.isin(targets, [id_of[t] for t in cold_items if t in id_of]))
     return row
 
 
@@ -281,12 +267,9 @@ def candidates(args: argparse.Namespace) -> tuple[dict[str, tuple[str, dict]], d
     unknown = sorted(set(args.candidates or []) - set(grid["candidates"]))
     if unknown:
         raise SystemExit(f"{args.grid}: no candidates {unknown}; it has {sorted(grid['candidates'])}")
-    labels = {}
-    for name, overrides in grid["candidates"].items():
-        if args.candidates and name not in args.candidates:
-            continue
-        overrides = dict(overrides or {})
-        labels[name] = (overrides.pop("model", grid["model"]), overrides)
+    chosen = {name: dict(overrides or {}) for name, overrides in grid["candidates"].items()
+              if not args.candidates or name in args.candidates}  # fmt: skip
+    labels = {name: (overrides.pop("model", grid["model"]), overrides) for name, overrides in chosen.items()}
     return labels, grid.get("settings") or {}
 
 
@@ -315,7 +298,7 @@ def summarize(rows: pd.DataFrame, split: str) -> pd.DataFrame:
     columns = [c for c in metrics + SLICES + COSTS + ["best_epoch"] if c in rows]
     grouped = rows.groupby(["dataset", "label"], sort=False)[columns]
     summary = grouped.mean().join(grouped.std(ddof=0), rsuffix="_std")
-    summary["seeds"] = rows.groupby(["dataset", "label"], sort=False).size()
+    summary["seeds"] = grouped.size()
     summary = summary.reset_index()
     if split == "valid":
         summary = summary.sort_values(f"valid_{METRICS[2]}", ascending=False, kind="stable")
@@ -396,7 +379,8 @@ def gap_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def plot(summary: pd.DataFrame, split: str, path: Path) -> None:
     metrics = [m for m in [f"{split}_ndcg@10", f"{split}_recall@10", "cold_ndcg@10"] if m in summary]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(metrics), 3.6))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         rows = summary.dropna(subset=[metric])
         labels = [f"{r.label}\n{r.dataset}" for r in rows.itertuples()]
@@ -405,39 +389,36 @@ def plot(summary: pd.DataFrame, split: str, path: Path) -> None:
         ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # --- command line -------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
+    p = argparse.ArgumentParser(
         description="Compare SRT with RecBole baselines on one protocol (or tune on valid).",
         allow_abbrev=False,
         epilog="Any other --key=value is a shared setting for every run, e.g. --MAX_ITEM_LIST_LENGTH=20.",
     )
-    parser.add_argument(
-        "--dataset", default="ml-100k", help="ml-100k, or a dataset converted under --data-dir"
-    )
-    parser.add_argument("--models", nargs="+", default=["SRT", "SASRec", "BERT4Rec"])
-    parser.add_argument("--grid", type=Path, help="YAML: model, settings, candidates (instead of --models)")
-    parser.add_argument("--candidates", nargs="+", help="with --grid: run only these candidates")
-    parser.add_argument("--split", choices=("test", "valid"), default="test", help="valid: test never scored")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (2020, 2021, ...)")
-    parser.add_argument("--out", type=Path, default=Path("results/compare"))
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where converted datasets live")
-    parser.add_argument("--unisrec-dir", type=Path, help="UniSRec files to import the dataset from if needed")
-    parser.add_argument("--epochs", type=int, help=f"epoch budget (default {SHARED_SETTINGS['epochs']})")
-    parser.add_argument("--cold-start", action="store_true", help="also run the held-out-items cold start")
-    parser.add_argument("--cold-fraction", type=float, default=0.1)
-    parser.add_argument("--cold-seeds", type=int, help="seeds on the held-out-items copy (default --seeds)")
-    parser.add_argument("--force", action="store_true", help="rerun finished runs")
-    parser.add_argument("--workers", type=int, default=1, help="runs at once (CPU threads split among them)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / workers)")
-    args, rest = parser.parse_known_args(argv)
+    p.add_argument("--dataset", default="ml-100k", help="ml-100k, or a dataset converted under --data-dir")
+    p.add_argument("--models", nargs="+", default=["SRT", "SASRec", "BERT4Rec"])
+    p.add_argument("--grid", type=Path, help="YAML: model, settings, candidates (instead of --models)")
+    p.add_argument("--candidates", nargs="+", help="with --grid: run only these candidates")
+    p.add_argument("--split", choices=("test", "valid"), default="test", help="valid: test never scored")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (2020, 2021, ...)")
+    p.add_argument("--out", type=Path, default=Path("results/compare"))
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="where converted datasets live")
+    p.add_argument("--unisrec-dir", type=Path, help="UniSRec files to import the dataset from if needed")
+    p.add_argument("--epochs", type=int, help=f"epoch budget (default {SHARED_SETTINGS['epochs']})")
+    p.add_argument("--cold-start", action="store_true", help="also run the held-out-items cold start")
+    p.add_argument("--cold-fraction", type=float, default=0.1)
+    p.add_argument("--cold-seeds", type=int, help="seeds on the held-out-items copy (default --seeds)")
+    p.add_argument("--force", action="store_true", help="rerun finished runs")
+    p.add_argument("--workers", type=int, default=1, help="runs at once (CPU threads split among them)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / workers)")
+    args, rest = p.parse_known_args(argv)
     if args.seeds < 1 or (args.cold_seeds is not None and args.cold_seeds < 1):
-        parser.error("--seeds and --cold-seeds must be at least 1")
+        p.error("--seeds and --cold-seeds must be at least 1")
     return args, rest
 
 
@@ -463,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parse_args(argv)
     settings = shared_settings(args, rest)
     labels, grid_settings = candidates(args)
-    settings = {**settings, **grid_settings}
+    settings |= grid_settings
     spec = resolve_dataset(args.dataset, args.data_dir, args.unisrec_dir)
     datasets = [(spec, None)]
     if args.cold_start:
@@ -490,11 +471,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = future.result()
             except Exception as error:  # one failing run must not lose the others
                 failed += 1
-                print(
-                    f"{job['label_line']}: FAILED: {type(error).__name__}: {error}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                message = f"{job['label_line']}: FAILED: {type(error).__name__}: {error}"
+                print(message, file=sys.stderr, flush=True)
                 continue
             job["file"].write_text(json.dumps(row, indent=2))
             metric = f"{args.split}_ndcg@10"

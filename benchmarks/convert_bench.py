@@ -148,22 +148,16 @@ def fit(points: list[tuple[int, float]], at: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rows", type=int, nargs="+", default=[10_000_000, 40_000_000])
-    parser.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent (default 1)")
-    parser.add_argument(
-        "--before", default=BEFORE, help=f"commit of the 'before' converter (default {BEFORE})"
-    )
-    parser.add_argument("--memory-limit", help="the new converter's --memory-limit (default: its default)")
-    parser.add_argument(
-        "--tmp", type=Path, help="folder for the data (default: the system's temporary folder)"
-    )
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, nargs="+", default=[10_000_000, 40_000_000])
+    p.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent (default 1)")
+    p.add_argument("--before", default=BEFORE, help=f"commit of the 'before' converter (default {BEFORE})")
+    p.add_argument("--memory-limit", help="the new converter's --memory-limit (default: its default)")
+    p.add_argument("--tmp", type=Path, help="folder for the data (default: the system's temporary folder)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args.folder, args.out, args.memory_limit)))
         return

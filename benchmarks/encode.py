@@ -7,18 +7,15 @@ time to load a million items' vectors from the store.
         --out results/encode
     python benchmarks/encode.py --store-items 1000000 --out results/encode    # the store-load part only
 
-Speed: every cell encodes the same ``--sample`` texts (drawn with a fixed seed), the cells
-interleaved in ``--rounds`` rounds after one warm-up call each (model load, ONNX export); a cell's
-median round is kept. Fidelity: cosine similarity of each cell's vectors to plain encode's.
-SRT's validation NDCG@10 with each option's features is measured by ``benchmarks/compare.py`` with
-``benchmarks/grids/encoders.yaml`` (training, not encoding, so not here).
+Speed: every cell encodes the same ``--sample`` texts, the cells interleaved in ``--rounds`` rounds
+after one warm-up call each (model load, ONNX export); a cell keeps its median round. Fidelity: cosine
+similarity of each cell's vectors to plain encode's. (SRT's quality with each option is training's
+question: ``benchmarks/compare.py`` with ``benchmarks/grids/encoders.yaml``.)
 
-Store load: ``--store-items`` synthetic texts with random 384-dim vectors are stored once, as SRT's
-first load of a dataset stores them (internal-id order, a padding row first); a fresh process then
-opens the store, hashes the texts and gets their features as SRT does (:meth:`VectorStore.vectors`
-with ``padding_row``: the shard's memory map), then reads them once, beside reading the same matrix
-as one plain ``.npy``, checking its SHA-256 (what the per-dataset cache did before the store) and
-copying it into fresh memory.
+Store load: ``--store-items`` synthetic texts with random 384-dim vectors are stored as SRT's first load
+stores them; a fresh process then gets their features as SRT does (:meth:`VectorStore.vectors` with
+``padding_row``: a memory map) and reads them once, beside loading the same matrix as one plain
+``.npy`` with its SHA-256 (the per-dataset cache before the store) and copying it into fresh memory.
 
 Writes ``speed.csv``, ``store.json``, ``encode.md`` and ``encode_speed.png`` under ``--out``.
 """
@@ -35,20 +32,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from tabulate import tabulate
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-
-from recbole_srt.features import ItemEncoder, read_item_texts  # noqa: E402
-from recbole_srt.store import VectorStore  # noqa: E402
+from recbole_srt.features import ItemEncoder, read_item_texts
+from recbole_srt.store import VectorStore
 
 PLAIN = "plain encode (torch fp32)"
 CELLS: dict[str, dict] = {
-    "plain encode (torch fp32)": {},
+    PLAIN: {},
     "token cap 64": {"max_tokens": 64},
     "token cap 32": {"max_tokens": 32},
     "bf16 weights": {"precision": "bf16"},
@@ -76,14 +70,11 @@ def speed(texts: list[str], cells: list[str], rounds: int, cache_dir: Path, batc
             start = time.perf_counter()
             vectors[name] = encoder.encode(texts)
             seconds[name].append(time.perf_counter() - start)
-            print(
-                f"round {round_ + 1}/{rounds} {name}: {len(texts) / seconds[name][-1]:.1f} items/s",
-                flush=True,
-            )
-    plain = PLAIN
+            rate = len(texts) / seconds[name][-1]
+            print(f"round {round_ + 1}/{rounds} {name}: {rate:.1f} items/s", flush=True)
     rows = []
     for name, times in seconds.items():
-        a, b = vectors[name], vectors[plain]
+        a, b = vectors[name], vectors[PLAIN]
         cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         median = statistics.median(times)
         rows.append({
@@ -91,7 +82,7 @@ def speed(texts: list[str], cells: list[str], rounds: int, cache_dir: Path, batc
             "settings": json.dumps(CELLS[name]),
             "s": round(median, 2),
             "items_per_s": round(len(texts) / median, 1),
-            "speedup": round(statistics.median(seconds[plain]) / median, 2),
+            "speedup": round(statistics.median(seconds[PLAIN]) / median, 2),
             "cosine_mean": round(float(cosine.mean()), 5),
             "cosine_min": round(float(cosine.min()), 5),
         })  # fmt: skip
@@ -135,17 +126,15 @@ def store_load(n: int, dim: int = 384) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--item-file", type=Path, help="a RecBole .item file whose texts are encoded")
-    parser.add_argument("--sample", type=int, default=2000, help="texts per cell and round")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS), help="cells to time")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument(
-        "--store-items", type=int, default=0, help="also time loading this many items' vectors"
-    )
-    parser.add_argument("--out", type=Path, default=Path("results/encode"))
-    args = parser.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--item-file", type=Path, help="a RecBole .item file whose texts are encoded")
+    p.add_argument("--sample", type=int, default=2000, help="texts per cell and round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS), help="cells to time")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--store-items", type=int, default=0, help="also time loading this many items' vectors")
+    p.add_argument("--out", type=Path, default=Path("results/encode"))
+    args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     report = []
     if args.item_file:
@@ -158,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         report.append(
             tabulate(table.drop(columns="settings"), headers="keys", tablefmt="github", showindex=False)
         )
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig = Figure(figsize=(7, 3.5))
+        ax = fig.subplots()
         ax.barh(table["cell"], table["items_per_s"])
         ax.invert_yaxis()
         ax.set_xlabel("items/s")

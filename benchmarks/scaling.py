@@ -3,22 +3,14 @@
     python benchmarks/scaling.py --results results/sweep.parquet [--out DIR] [--loss-col valid_loss]
                                  [--bootstrap 200] [--holdout 1] [--seed 0]
 
-The table (CSV or Parquet) has one row per (trial, epoch); see ``EPOCH_COLUMNS``. Per model it fits
-
-* ``L(N) = E + A/N^alpha`` on each trial's best epoch (the epoch with the lowest loss), N being
-  ``params_non_embedding``, using only the trials at the model's largest ``data_fraction`` (mixing
-  data sizes would fold the D dependence into the scatter; L(N, D) is the law that accounts for it);
-* ``L(N, D) = E + A/N^alpha + B/D^beta`` on the best epochs of all trials, D being that epoch's
-  cumulative ``train_tokens``;
-* ``L(C) = E + A/C^alpha`` on the lower envelope of all (trial, epoch) points in (``flops``, loss): the
-  law of the compute-efficient frontier, not of any one model (the points above the envelope are
-  models spending compute past their best use of it).
-
-Each fit gets percentile bootstrap intervals, a convergence verdict and, for L(N) and L(N, D), a
-holdout check (fit without the largest ``--holdout`` sizes, predict them). The compute-optimal
-frontier is reported twice: empirically (the envelope: which trial size is best at each budget) and
-from the fitted L(N, D) with ``C = k N D``, where k is the median of ``flops / (N * train_tokens)``
-over the model's rows (k is not 6: ``flops`` also counts embeddings and the scoring head).
+Per model, on the (trial, epoch) rows (``EPOCH_COLUMNS``): ``L(N) = E + A/N^alpha`` on each trial's
+best epoch at the model's largest ``data_fraction`` (mixing data sizes would fold the D dependence into
+the scatter); ``L(N, D) = E + A/N^alpha + B/D^beta`` on the best epochs of all trials;
+``L(C) = E + A/C^alpha`` on the lower envelope of all points in (``flops``, loss), the law of the
+compute-efficient frontier, not of any one model. Each fit gets bootstrap intervals, a convergence
+verdict and (L(N), L(N, D)) a holdout check. The compute-optimal frontier is reported as measured (the
+envelope) and from L(N, D) with ``C = k N D``, k the median ``flops / (N * train_tokens)`` (not 6:
+``flops`` also counts embeddings and the scoring head). docs/sweeps-and-scaling.md has the details.
 """
 
 from __future__ import annotations
@@ -29,16 +21,13 @@ import math
 import sys
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-
-from recbole_srt.analysis import EPOCH_COLUMNS, json_ready  # noqa: E402
-from recbole_srt.analysis.scaling_law import (  # noqa: E402
+from recbole_srt.analysis import EPOCH_COLUMNS, json_ready
+from recbole_srt.analysis.scaling_law import (
     BootstrapResult,
     FitResult,
     bootstrap,
@@ -67,13 +56,10 @@ FRONTIER_BUDGETS = 20
 
 def load_results(path: Path) -> pd.DataFrame:
     """Read the sweep table (``.csv`` or ``.parquet``/``.pq``) and check its columns."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        df = pd.read_csv(path)
-    elif suffix in (".parquet", ".pq"):
-        df = pd.read_parquet(path)
-    else:
+    read = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}.get(path.suffix.lower())
+    if read is None:
         raise ValueError(f"{path}: expected a .csv or .parquet file")
+    df = read(path)
     missing = [c for c in EPOCH_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")
@@ -141,15 +127,8 @@ def analyse_model(df: pd.DataFrame, loss_col: str, args: argparse.Namespace) -> 
         "L(N,D)": ([n_best, d_best], y_best, True),
         "L(C)": ([envelope.compute], envelope.loss, False),
     }
-    result: dict = {
-        "best": best,
-        "full": full,
-        "quality": quality,
-        "points": points,
-        "envelope": envelope,
-        "fits": {},
-        "skipped": {},
-    }
+    result: dict = {"best": best, "full": full, "quality": quality, "points": points, "envelope": envelope,
+                    "fits": {}, "skipped": {}}  # fmt: skip
     for law, (columns, y, with_holdout) in inputs.items():
         try:
             result["fits"][law] = _fit_one(columns, y, args, with_holdout)
@@ -158,8 +137,8 @@ def analyse_model(df: pd.DataFrame, loss_col: str, args: argparse.Namespace) -> 
 
     ratio = points[C_COL] / (points[N_COL] * points[D_COL])
     ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
-    result["k"] = float(ratio.median()) if len(ratio) else math.nan
-    result["k_range"] = (float(ratio.min()), float(ratio.max())) if len(ratio) else (math.nan, math.nan)
+    result["k"] = float(ratio.median())  # NaN without a usable row
+    result["k_range"] = (float(ratio.min()), float(ratio.max()))
     result["frontier"] = None
     if "L(N,D)" not in result["fits"]:
         result["frontier_skipped"] = "no L(N,D) fit"
@@ -221,10 +200,7 @@ def _param_cell(fit: FitResult, boot: BootstrapResult | None, name: str) -> str:
 def summary_markdown(analyses: dict[str, dict], meta: dict) -> str:
     """The summary table plus notes on skipped fits, unconverged fits and the frontier."""
     header = ["model", "law", "points", *PARAM_LABELS, "converged", "holdout \\|rel. err\\|", "holdout bias"]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
     for model, a in analyses.items():
         for law in LAWS:
@@ -320,28 +296,26 @@ def _finish(fig, ax_list, path: Path) -> None:
     width = fig.get_figwidth()
     fig.subplots_adjust(left=0.9 / width, right=1 - 0.15 / width, bottom=0.12, top=0.92, wspace=0.35)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_loss_vs_params(analyses: dict[str, dict], loss_col: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     for i, (model, a) in enumerate(analyses.items()):
         color = f"C{i}"
         best = a["full"]
         ax.scatter(best[N_COL], best[loss_col], color=color, s=18, label=f"{model} (best epoch, full data)")
         if "L(N)" in a["fits"]:
             fit = a["fits"]["L(N)"]["fit"]
-            ax.plot(
-                *_curve(fit, best[N_COL].to_numpy(float)),
-                color=color,
-                label=f"{model} fit: alpha={fit.params['alpha']:.3g}",
-            )
+            label = f"{model} fit: alpha={fit.params['alpha']:.3g}"
+            ax.plot(*_curve(fit, best[N_COL].to_numpy(float)), color=color, label=label)
     ax.set(xlabel="non-embedding parameters N", ylabel=loss_col, title="Loss vs model size")
     _finish(fig, [ax], path)
 
 
 def plot_ndcg_vs_params(analyses: dict[str, dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     for i, (model, a) in enumerate(analyses.items()):
         rows = a["quality"]
         rows = rows[rows[N_COL] > 0]
@@ -349,22 +323,16 @@ def plot_ndcg_vs_params(analyses: dict[str, dict], path: Path) -> None:
         test = rows[rows[TEST_QUALITY_COL] > 0]
         ax.scatter(valid[N_COL], valid[QUALITY_COL], color=f"C{i}", s=18, label=f"{model} valid")
         if len(test):
-            ax.scatter(
-                test[N_COL],
-                test[TEST_QUALITY_COL],
-                facecolors="none",
-                edgecolors=f"C{i}",
-                s=30,
-                label=f"{model} test",
-            )
+            ax.scatter(test[N_COL], test[TEST_QUALITY_COL], facecolors="none", edgecolors=f"C{i}", s=30,
+                       label=f"{model} test")  # fmt: skip
     ax.set(xlabel="non-embedding parameters N", ylabel="NDCG@10", title="NDCG@10 (best epoch) vs model size")
     _finish(fig, [ax], path)
 
 
 def plot_loss_vs_compute(analyses: dict[str, dict], loss_col: str, path: Path) -> None:
-    fig, axes = plt.subplots(
-        1, max(len(analyses), 1), figsize=(6 * max(len(analyses), 1), 4.5), squeeze=False
-    )
+    panels = max(len(analyses), 1)
+    fig = Figure(figsize=(6 * panels, 4.5))
+    axes = fig.subplots(1, panels, squeeze=False)
     axes = axes[0]
     for ax, (model, a) in zip(axes, analyses.items(), strict=False):
         pts = a["points"]
@@ -380,11 +348,8 @@ def plot_loss_vs_compute(analyses: dict[str, dict], loss_col: str, path: Path) -
             )
         if "L(C)" in a["fits"]:
             fit = a["fits"]["L(C)"]["fit"]
-            ax.plot(
-                *_curve(fit, a["envelope"].compute),
-                color="C3",
-                label=f"L(C) fit: alpha={fit.params['alpha']:.3g}",
-            )
+            label = f"L(C) fit: alpha={fit.params['alpha']:.3g}"
+            ax.plot(*_curve(fit, a["envelope"].compute), color="C3", label=label)
         if a["frontier"] is not None:
             fr = a["frontier"]
             ax.plot(fr.compute, fr.loss, "--", color="C1", label="compute-optimal from L(N,D)")
@@ -395,7 +360,8 @@ def plot_loss_vs_compute(analyses: dict[str, dict], loss_col: str, path: Path) -
 def plot_ndcg_vs_compute(analyses: dict[str, dict], path: Path) -> None:
     """Valid NDCG@10 of every epoch of every trial against its cumulative training FLOPs, and each
     model's envelope: the best NDCG@10 reached within a compute budget (the paper's frontier figure)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for i, (model, a) in enumerate(analyses.items()):
         pts = a["points"][a["points"][QUALITY_COL] > 0].sort_values(C_COL)
         if not len(pts):
@@ -410,7 +376,8 @@ def plot_ndcg_vs_compute(analyses: dict[str, dict], path: Path) -> None:
 
 def plot_srt_vs_baselines(analyses: dict[str, dict], loss_col: str, path: Path) -> None:
     """Loss and NDCG@10 per model at equal N: mean over seeds, bars from min to max."""
-    fig, (ax_loss, ax_ndcg) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig = Figure(figsize=(11, 4.5))
+    ax_loss, ax_ndcg = fig.subplots(1, 2)
     for i, (model, a) in enumerate(analyses.items()):
         for ax, rows, col in ((ax_loss, a["full"], loss_col), (ax_ndcg, a["quality"], QUALITY_COL)):
             rows = rows[(rows[N_COL] > 0) & (rows[col] > 0)]
@@ -432,10 +399,8 @@ def plot_srt_vs_baselines(analyses: dict[str, dict], loss_col: str, path: Path) 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, required=True, help="sweep table, .csv or .parquet")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS_DIR/scaling)")
-    p.add_argument(
-        "--loss-col", default=None, help="loss column to fit (default: valid_loss, else train_loss)"
-    )
+    p.add_argument("--out", type=Path, help="output folder (default: RESULTS_DIR/scaling)")
+    p.add_argument("--loss-col", help="loss column to fit (default: valid_loss, else train_loss)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per fit (0: no CIs)")
     p.add_argument("--holdout", type=int, default=1, help="largest sizes held out for validation")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -456,9 +421,7 @@ def main(argv: list[str] | None = None) -> int:
 
     models = [m for m in MODEL_ORDER if m in set(df["model"])]
     models += sorted(set(df["model"]) - set(models))
-    analyses = {}
-    for model in models:
-        analyses[model] = analyse_model(df[df["model"] == model], loss_col, args)
+    analyses = {model: analyse_model(df[df["model"] == model], loss_col, args) for model in models}
 
     meta = {
         "results": str(args.results),

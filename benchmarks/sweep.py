@@ -3,27 +3,21 @@
     python benchmarks/sweep.py --config properties/sweep/smoke.yaml [--storage results]
         [--name NAME] [--address ray://HOST:10001] [--resume | --overwrite] [--key=value ...]
 
-The grid is ``models x n_layers x hidden_size x data_fractions x seeds`` (``per_model`` narrows or
-changes it per model); ``n_heads = max(1, hidden_size // head_dim)``, ``inner_size = ffn_ratio *
-hidden_size``. Each grid point is one Ray Tune trial running :func:`recbole_srt.sweep.run_trial`
-with the preset's ``cpu``/``gpu`` (fractional GPUs pack several trials on one device; with no GPU in
-the cluster the sweep warns and runs on CPU instead of waiting forever). A failing trial is retried
-``retries`` times from its last checkpoint, then recorded with status ``ERROR``; the sweep goes on.
-``--resume`` continues an interrupted sweep: finished trials are kept, unfinished and errored ones
-continue from their checkpoints.
-
-Written to ``<storage>/<name>/`` (beside Ray's own experiment files):
-
-* ``epochs.csv`` / ``epochs.parquet``: one row per (trial, epoch), the table ``benchmarks/scaling.py``
-  fits (see :data:`EPOCH_COLUMNS`; test metrics only on each trial's best epoch);
-* ``trials.csv``: one row per trial, its best epoch's values (or the error);
-* ``results.json``: the preset, status counts, errors and the best trial per model;
-* ``sweep_valid_ndcg.png``: valid NDCG@10 per epoch for every trial.
+The grid is ``models x n_layers x hidden_size x data_fractions x seeds`` (``per_model`` changes it per
+model); ``n_heads = max(1, hidden_size // head_dim)``, ``inner_size = ffn_ratio * hidden_size``. Each
+point is a trial running :func:`recbole_srt.sweep.run_trial` with the preset's ``cpu``/``gpu`` (with no
+GPU in the cluster the sweep warns and runs on CPU instead of waiting forever). A failing trial is
+retried ``retries`` times from its last checkpoint, then recorded with status ``ERROR``. ``--resume``
+continues an interrupted sweep (unfinished and errored trials from their checkpoints). Writes
+``epochs.csv``/``epochs.parquet`` (one row per (trial, epoch), the table ``benchmarks/scaling.py``
+fits), ``trials.csv``, ``results.json`` and ``sweep_valid_ndcg.png`` to ``<storage>/<name>/``;
+docs/sweeps-and-scaling.md has the details.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -33,16 +27,13 @@ import warnings
 from importlib.resources import files
 from pathlib import Path
 
-import matplotlib
-
 from recbole_srt.cli import quiet_library_warnings
 
-matplotlib.use("Agg")
 quiet_library_warnings()  # before ray is imported: its pkg_resources warning comes at import
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from ray import air, tune  # noqa: E402
 from ray.tune.result import AUTO_RESULT_KEYS  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
@@ -114,40 +105,31 @@ def load_preset(config: str, overrides: dict) -> dict:
     return preset
 
 
-def trial_name(model: str, n_layers: int, hidden_size: int, fraction: float, seed: int) -> str:
-    return f"{model}-L{n_layers}-H{hidden_size}-f{fraction:g}-s{seed}"
-
-
 def build_grid(preset: dict, gpu: float) -> list[dict]:
     """One spec per trial: everything :func:`run_trial` needs, JSON-serialisable."""
     grid = []
     for model in preset["models"]:
         axes = {**{k: preset[k] for k in GRID_AXES}, **preset["per_model"].get(model, {})}
         recbole = {**preset["recbole"], **axes.get("recbole", {})}
-        for n_layers in axes["n_layers"]:
-            for hidden in axes["hidden_size"]:
-                for fraction in axes["data_fractions"]:
-                    for seed in axes["seeds"]:
-                        name = trial_name(model, n_layers, hidden, fraction, seed)
-                        grid.append(
-                            {
-                                "name": name,
-                                "model": model,
-                                "dataset": preset["dataset"],
-                                "data_path": preset["data_path"],
-                                "config_files": preset["config_files"],
-                                "n_layers": int(n_layers),
-                                "hidden_size": int(hidden),
-                                "n_heads": max(1, int(hidden) // preset["head_dim"]),
-                                "inner_size": int(preset["ffn_ratio"] * hidden),
-                                "data_fraction": float(fraction),
-                                "seed": int(seed),
-                                "recbole": recbole,
-                                "cpu": preset["cpu"],
-                                "gpu": gpu,
-                                "fail": preset["fail_trials"].get(name),
-                            }
-                        )
+        for n_layers, hidden, fraction, seed in itertools.product(*(axes[k] for k in GRID_AXES)):
+            name = f"{model}-L{n_layers}-H{hidden}-f{fraction:g}-s{seed}"
+            grid.append({
+                "name": name,
+                "model": model,
+                "dataset": preset["dataset"],
+                "data_path": preset["data_path"],
+                "config_files": preset["config_files"],
+                "n_layers": int(n_layers),
+                "hidden_size": int(hidden),
+                "n_heads": max(1, int(hidden) // preset["head_dim"]),
+                "inner_size": int(preset["ffn_ratio"] * hidden),
+                "data_fraction": float(fraction),
+                "seed": int(seed),
+                "recbole": recbole,
+                "cpu": preset["cpu"],
+                "gpu": gpu,
+                "fail": preset["fail_trials"].get(name),
+            })  # fmt: skip
     names = [spec["name"] for spec in grid]
     if len(set(names)) != len(names):
         raise ValueError("the grid has repeated points; check per_model and the axes for duplicates")
@@ -255,30 +237,20 @@ def trial_rows(spec: dict, history: pd.DataFrame | None, error: str | None) -> p
     """
     spec_values = {"trial_id": spec["name"], **{c: spec[c] for c in SPEC_COLUMNS}}
     if history is None or history.empty or "epoch" not in history:
-        rows = pd.DataFrame([spec_values])
-        rows["epoch"] = pd.NA
-        rows["is_best_epoch"] = False
-        rows["status"] = "ERROR" if error else "TERMINATED"
+        rows = pd.DataFrame([{**spec_values, "epoch": pd.NA, "is_best_epoch": False}])
+        early = False
     else:
         reported = [c for c in history.columns if c not in RAY_COLUMNS and not c.startswith("config/")]
         rows = history[reported].drop_duplicates("epoch", keep="last").sort_values("epoch")
         rows = rows.assign(**spec_values)
-        best = int(rows["best_epoch"].iloc[-1])
-        rows["is_best_epoch"] = rows["epoch"] == best
+        rows["is_best_epoch"] = rows["epoch"] == int(rows["best_epoch"].iloc[-1])
         test_columns = [c for c in rows.columns if c.startswith("test_")]
         rows.loc[~rows["is_best_epoch"], test_columns] = math.nan
-        if error:
-            rows["status"] = "ERROR"
-        elif rows["epoch"].iloc[-1] < rows["max_epochs"].iloc[-1] - 1:
-            rows["status"] = "EARLY_STOPPED"
-        else:
-            rows["status"] = "TERMINATED"
+        early = rows["epoch"].iloc[-1] < rows["max_epochs"].iloc[-1] - 1
+    rows["status"] = "ERROR" if error else "EARLY_STOPPED" if early else "TERMINATED"
     rows["error"] = error
-    for column in EPOCH_COLUMNS:
-        if column not in rows:
-            rows[column] = math.nan
     extra = [c for c in rows.columns if c not in EPOCH_COLUMNS]
-    return rows[[*EPOCH_COLUMNS, *extra]].reset_index(drop=True)
+    return rows.reindex(columns=[*EPOCH_COLUMNS, *extra]).reset_index(drop=True)  # missing columns: NaN
 
 
 def describe_error(error: BaseException) -> str:
@@ -306,18 +278,16 @@ def summarise_trials(epochs: pd.DataFrame) -> pd.DataFrame:
 
 def plot_valid_ndcg(epochs: pd.DataFrame, path: Path) -> None:
     """Valid NDCG@10 per epoch, one line per trial, one colour per model."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for i, (model, rows) in enumerate(epochs.dropna(subset=["valid_ndcg@10"]).groupby("model")):
         for j, (_, trial) in enumerate(rows.groupby("trial_id")):
             ax.plot(trial["epoch"], trial["valid_ndcg@10"], marker="o", ms=3, color=f"C{i}", alpha=0.7,
                     label=model if j == 0 else None)  # fmt: skip
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("valid NDCG@10")
-    ax.set_title("Sweep: validation NDCG@10 per trial")
+    ax.set(xlabel="epoch", ylabel="valid NDCG@10", title="Sweep: validation NDCG@10 per trial")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_outputs(out: Path, epochs: pd.DataFrame, preset: dict) -> dict:
@@ -329,22 +299,11 @@ def write_outputs(out: Path, epochs: pd.DataFrame, preset: dict) -> dict:
     plot_valid_ndcg(epochs, out / "sweep_valid_ndcg.png")
     metric = preset["metric"]
     ok = trials[trials["status"] != "ERROR"].dropna(subset=[metric])
-    best = ok.loc[
-        ok.groupby("model")[metric].idxmax()
-        if preset["mode"] == "max"
-        else ok.groupby("model")[metric].idxmin()
-    ]
-    keep = [
-        "trial_id",
-        "n_layers",
-        "hidden_size",
-        "data_fraction",
-        "epoch",
-        metric,
-        "test_ndcg@10",
-        "test_recall@10",
-    ]
-    summary = {
+    by_model = ok.groupby("model")[metric]
+    best = ok.loc[by_model.idxmax() if preset["mode"] == "max" else by_model.idxmin()]
+    keep = ["trial_id", "n_layers", "hidden_size", "data_fraction", "epoch", metric, "test_ndcg@10",
+            "test_recall@10"]  # fmt: skip
+    summary = json_ready({
         "experiment": str(out),
         "preset": preset,
         "trials": len(trials),
@@ -352,8 +311,7 @@ def write_outputs(out: Path, epochs: pd.DataFrame, preset: dict) -> dict:
         "errors": trials.dropna(subset=["error"]).set_index("trial_id")["error"].to_dict(),
         "best_per_model": {row["model"]: {k: row[k] for k in keep} for _, row in best.iterrows()},
         "outputs": ["epochs.csv", "epochs.parquet", "trials.csv", "results.json", "sweep_valid_ndcg.png"],
-    }
-    summary = json_ready(summary)
+    })  # fmt: skip
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary
 

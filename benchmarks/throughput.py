@@ -4,14 +4,12 @@
     python benchmarks/throughput.py --gpu-check         # GPU: 3 sizes x fp32/bf16 x eager/compiled, then
                                                         # a small Ray Tune sweep of the srt-paper recipe
 
-Each cell trains ``--steps`` optimiser steps (after ``--warmup`` steps) through :class:`SRTTrainer`'s
-own loss, optimiser and schedule on real batches; the cells take turns in ``--rounds`` rounds and a
-cell's time is its median round, so a shared machine's load drift hits every cell alike. It reports
-seconds per step and per epoch (steps x batches per epoch),
-sequences/s, target tokens/s and, on a GPU, model FLOPs utilisation (measured training FLOPs of a
-step / time / the device's peak). Cells differ from the first (the baseline) by one setting, so the
-``vs baseline`` column is the cost of that setting. ``--gpu-check`` without a GPU runs a tiny CPU
-version (what CI runs). Writes ``OUT/throughput.json`` and ``OUT/throughput.md``.
+Each cell trains ``--steps`` optimiser steps (after ``--warmup``) through :class:`SRTTrainer`'s own
+loss, optimiser and schedule on real batches; the cells take turns in ``--rounds`` rounds and a cell's
+time is its median round, so a shared machine's load drift hits every cell alike. Cells differ from the
+first (the baseline) by one setting, so ``vs baseline`` is the cost of that setting; on a GPU it also
+reports model FLOPs utilisation. ``--gpu-check`` without a GPU runs a tiny CPU version (what CI runs).
+Writes ``OUT/throughput.json`` and ``OUT/throughput.md``.
 """
 
 from __future__ import annotations
@@ -53,12 +51,7 @@ def gpu_cells(tiny: bool) -> dict[str, dict]:
         sizes.items(), ("fp32", "bf16"), (False, True)
     ):
         name = f"{size} (L{layers} H{hidden}), {precision}, {'compiled' if compiled else 'eager'}"
-        shape = {
-            "n_layers": layers,
-            "hidden_size": hidden,
-            "inner_size": 4 * hidden,
-            "n_heads": max(1, hidden // 64),
-        }
+        shape = dict(n_layers=layers, hidden_size=hidden, inner_size=4 * hidden, n_heads=max(1, hidden // 64))
         cells[name] = {**shape, "precision": precision, "compile": compiled}
     return cells
 
@@ -160,18 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     from recbole_srt.cli import quiet_library_warnings
 
     quiet_library_warnings()
-    base = {
-        "epochs": 1,
-        "train_batch_size": 512,
-        "MAX_ITEM_LIST_LENGTH": 50,
-        **yaml.safe_load(args.config_dict),
-    }
+    base = {"epochs": 1, "train_batch_size": 512, "MAX_ITEM_LIST_LENGTH": 50}
+    base |= yaml.safe_load(args.config_dict)
     tiny = args.gpu_check and not torch.cuda.is_available()
-    if args.gpu_check:
-        base |= {"gpu_id": "0"} if not tiny else {}
-        cells = gpu_cells(tiny)
-    else:
-        cells = CPU_CELLS
+    cells = gpu_cells(tiny) if args.gpu_check else CPU_CELLS
+    if args.gpu_check and not tiny:
+        base["gpu_id"] = "0"
     args.out.mkdir(parents=True, exist_ok=True)
     cells = {name: {**base, **settings} for name, settings in cells.items()}
     rows = measure(cells, args.dataset, args.steps, args.warmup, args.rounds)

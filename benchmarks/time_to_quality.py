@@ -15,12 +15,9 @@ import argparse
 import ast
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def curves(rows: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = table(runs, args.reference)
     text = summary.to_markdown(index=False, floatfmt=".4g").replace("nan", "never") + "\n"
     (args.results.parent / "time_to_quality.md").write_text(text)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     for run in runs.itertuples():
         ax.plot(run.wall, run.valid, marker="o", ms=3, label=f"{run.label} (seed {run.seed})")
     ax.set(xlabel="wall seconds (training + validation)", ylabel="valid NDCG@10", title="Time to quality")

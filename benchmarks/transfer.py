@@ -5,20 +5,13 @@
         --category 2014:Digital_Music:5core --input PATH/TO/amazon2014-digital-music-truncated \
         [--hidden-size 32 128 --pretrain-epochs 50 --epochs 10 --out results/transfer]
 
-1. data (cached under ``--work``): the target through ``dataset_prep.unisrec.import_unisrec``, the
-   pre-training mix through ``dataset_prep.convert.convert`` with the leakage guard (the target's users
-   are excluded);
-2. for each ``--hidden-size``: pre-train SRT of that width on the mix (up to ``--pretrain-epochs``,
-   early stopping on the mix's valid NDCG@10);
-3. on the target, with the same ``--epochs`` budget for every row of that width: zero-shot (no update),
-   each fine-tuning strategy from the pre-trained weights (:func:`recbole_srt.finetune`), SRT from
-   scratch and SASRec from scratch (same width and depth).
-
-Several widths answer the paper's question: does a larger pre-trained model fine-tune better?
-
-Every row is :func:`recbole_srt.pipeline.run`: full-ranking evaluation, best epoch on valid
-NDCG@10, tested. Writes ``OUT/transfer.csv``, ``OUT/transfer.md`` (the table) and
-``OUT/transfer_curve.png`` (valid NDCG@10 per target epoch; epoch 0 is the model before any update).
+Data is cached under ``--work`` (the pre-training mix converted with the leakage guard: the target's
+users are excluded). For each ``--hidden-size`` (does a larger pre-trained model fine-tune better?):
+pre-train SRT on the mix, then on the target, with one ``--epochs`` budget for every row: zero-shot,
+each fine-tuning strategy (:func:`recbole_srt.finetune`), SRT and SASRec from scratch. Every row is
+:func:`recbole_srt.pipeline.run` (full ranking, best epoch on valid NDCG@10, tested). Writes
+``OUT/transfer.csv``, ``OUT/transfer.md`` and ``OUT/transfer_curve.png`` (valid NDCG@10 per target
+epoch; epoch 0 is the model before any update); docs/benchmarks.md has the details.
 """
 
 from __future__ import annotations
@@ -29,19 +22,16 @@ import os
 import time
 from pathlib import Path
 
-import matplotlib
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from dataset_prep import registry
 from dataset_prep.convert import ConvertOptions, convert
 from dataset_prep.unisrec import import_unisrec
 from recbole_srt import finetune, make_config, run
 from recbole_srt.transfer import STRATEGIES
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 logger = logging.getLogger("benchmarks.transfer")
 METRICS = ("recall@10", "ndcg@10")
@@ -156,7 +146,8 @@ def target_rows(args: argparse.Namespace, hidden: int, target_yaml: Path, checkp
 def plot_curves(rows: list[dict], path: Path) -> None:
     """Valid NDCG@10 per target epoch, one panel per width."""
     widths = sorted({r["hidden"] for r in rows})
-    fig, axes = plt.subplots(1, len(widths), figsize=(7 * len(widths), 4.2), squeeze=False, sharey=True)
+    fig = Figure(figsize=(7 * len(widths), 4.2))
+    axes = fig.subplots(1, len(widths), squeeze=False, sharey=True)
     for ax, hidden in zip(axes[0], widths, strict=True):
         for r in (r for r in rows if r["hidden"] == hidden):
             if r["epochs"] == 0:
@@ -169,7 +160,6 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("Fine-tuning vs from scratch")
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_results(rows: list[dict], header: list[str], out: Path) -> str:
