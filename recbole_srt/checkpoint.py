@@ -190,11 +190,8 @@ def load_srt_checkpoint(path: str | Path, device: str | torch.device = "cpu") ->
     for key, value in defaults.items():
         if key not in config:
             config[key] = value
-    if (
-        not isinstance(state, dict)
-        or not torch.is_tensor(state.get(FEATURE_MEAN))
-        or state[FEATURE_MEAN].ndim != 1
-    ):
+    mean = state.get(FEATURE_MEAN) if isinstance(state, dict) else None
+    if not torch.is_tensor(mean) or mean.ndim != 1:
         raise CheckpointError(f"{path}: its state_dict has no SRT item tower ({FEATURE_MEAN})")
     try:
         check_setting_types(config, defaults)

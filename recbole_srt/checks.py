@@ -79,11 +79,6 @@ def check_model_name(model: str) -> None:
     raise SettingError(f"unknown model {model!r}{hint} (model names are case-sensitive)")
 
 
-def _transfer_defaults(config: Config) -> dict:
-    """The fine-tuning defaults (``properties/transfer.yaml``), parsed as RecBole parses YAML."""
-    return yaml.load(TRANSFER_YAML.read_text(encoding="utf-8"), Loader=config.yaml_loader)
-
-
 def check_model_settings(config: Config) -> None:
     """The model's own checks of its settings: for SRT, :func:`~recbole_srt.model.srt.check_config`,
     its trainer's precision and a dry run of its optimiser and schedule (one throw-away parameter)."""
@@ -123,7 +118,9 @@ def _check_valid_metric(config: Config) -> None:
 
 def check_config_before_data(config: Config) -> None:
     """Every check of a freshly built ``config`` (see the module docstring)."""
-    check_setting_types(config, {**config.internal_config_dict, **_transfer_defaults(config)})
+    # the fine-tuning defaults (properties/transfer.yaml), parsed as RecBole parses YAML
+    transfer = yaml.load(TRANSFER_YAML.read_text(encoding="utf-8"), Loader=config.yaml_loader)
+    check_setting_types(config, {**config.internal_config_dict, **transfer})
     _check_valid_metric(config)
     check_model_settings(config)
 

@@ -8,14 +8,11 @@ One home for each step, used by training (:func:`load_item_features`), fine-tuni
    A malformed line (wrong field count, not a JSON object, no id, not UTF-8) is an error naming the
    file and the line; nearly all texts empty (:data:`EMPTY_TEXT_LIMIT`) is an error too.
 2. **Joining** (:func:`join_text`): an item's text is its non-empty field values joined by ``". "``.
-3. **Encoding** (:class:`ItemEncoder`): a sentence-transformers model, loaded once on first use
-   (the library is imported only then), with a token cap, the torch or ONNX Runtime backend (int8
-   optional), fp32/bf16/fp16 weights and several CPU processes; or a user-supplied ``.npy``
-   (``item_feature_file``).
+3. **Encoding** (:class:`ItemEncoder`): a sentence-transformers model loaded on first use (torch
+   or ONNX Runtime, int8 optional), or a user-supplied ``.npy`` (``item_feature_file``).
 4. **Caching** (:class:`~recbole_srt.store.VectorStore`): vectors are stored by (encoder setting,
-   text) content under ``feature_cache_dir`` (:func:`default_cache_dir`), memory-mapped, so a text
-   is encoded once, ever: other datasets, cold-start copies, pre-training mixes and serving
-   catalogs reuse every vector already computed.
+   text) content under ``feature_cache_dir`` (:func:`default_cache_dir`), so a text is encoded once,
+   ever, whatever dataset, cold-start copy, pre-training mix or serving catalog it comes from.
 5. **Alignment** (:func:`align_to_internal_ids`): row ``i`` = internal id ``i``, row 0 (padding) zeros;
    items without text follow ``missing_text`` (``empty``: the empty string's vector; ``error``: stop).
 6. **Checking** (:func:`check_feature_size`): features must have the width the item tower was built for.
@@ -23,7 +20,7 @@ One home for each step, used by training (:func:`load_item_features`), fine-tuni
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import importlib.util
 import io
@@ -37,6 +34,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -100,7 +98,7 @@ def _lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise ItemFeatureError(f"{path}, line {line}: not {encoding} ({error.reason})") from None
-    for number, line in enumerate(io.StringIO(text), 1):  # split as open() splits: \n, \r\n or \r
+    for number, line in enumerate(io.StringIO(text), 1):  # split at "\n" only; a "\r" before it stays
         yield number, line.rstrip("\n")
 
 
@@ -269,9 +267,8 @@ class ItemEncoder:
       the device runs it natively (:func:`native_bf16`), fp32 elsewhere;
     * ``processes``: CPU worker processes that share the encoding (the vectors do not change).
 
-    :meth:`vectors` reads and fills the content-keyed :class:`~recbole_srt.store.VectorStore` of this
-    setting (name, ``max_tokens``, ``backend``, ``precision``) under ``cache_dir``
-    (:func:`default_cache_dir`): a text is encoded once, whatever dataset or catalog it comes from.
+    :meth:`vectors` reads and fills the :class:`~recbole_srt.store.VectorStore` of this :attr:`setting`
+    under ``cache_dir`` (:func:`default_cache_dir`).
     """
 
     def __init__(
@@ -308,8 +305,7 @@ class ItemEncoder:
         self.max_tokens, self.backend, self.precision = max_tokens, backend, precision
         self.processes = processes
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self._model = self._session = None
-        self._store: VectorStore | None = None
+        self._model = None
 
     @classmethod
     def from_config(cls, config, device: str | None = None) -> ItemEncoder:
@@ -317,7 +313,7 @@ class ItemEncoder:
         checkpoint's config written before a key existed gets its default)."""
         return cls(
             config["text_encoder"],
-            device or config_device(config),
+            device or str(config["device"] or "cpu"),
             config["text_encoder_batch_size"] or 128,
             max_tokens=config["text_max_tokens"],
             backend=config["text_encoder_backend"] or "torch",
@@ -340,12 +336,10 @@ class ItemEncoder:
     def _name_hash(self) -> str:
         return hashlib.sha256(self.name.encode()).hexdigest()[:8]
 
-    @property
+    @functools.cached_property
     def store(self) -> VectorStore:
         """This setting's vector store, opened on first use."""
-        if self._store is None:
-            self._store = VectorStore(self.cache_dir / "vectors" / self.setting)
-        return self._store
+        return VectorStore(self.cache_dir / "vectors" / self.setting)
 
     @property
     def model(self):
@@ -362,21 +356,19 @@ class ItemEncoder:
                 self._model.max_seq_length = self.max_tokens
         return self._model
 
-    @property
+    @functools.cached_property
     def session(self):
         """The ONNX Runtime session of the ``onnx`` backends, exported on first use (:meth:`_onnx_file`)."""
-        if self._session is None:
-            try:
-                import onnxruntime
-            except ImportError:
-                raise ItemFeatureError(
-                    f"text_encoder_backend {self.backend} needs ONNX Runtime: pip install onnxruntime onnx"
-                ) from None
-            providers = ["CPUExecutionProvider"]
-            if str(self.device).startswith("cuda"):
-                providers.insert(0, "CUDAExecutionProvider")
-            self._session = onnxruntime.InferenceSession(str(self._onnx_file()), providers=providers)
-        return self._session
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ItemFeatureError(
+                f"text_encoder_backend {self.backend} needs ONNX Runtime: pip install onnxruntime onnx"
+            ) from None
+        providers = ["CPUExecutionProvider"]
+        if str(self.device).startswith("cuda"):
+            providers.insert(0, "CUDAExecutionProvider")
+        return onnxruntime.InferenceSession(str(self._onnx_file()), providers=providers)
 
     def _onnx_file(self) -> Path:
         """The encoder as ONNX (``model.onnx``; ``model-int8.onnx`` dynamically quantised), exported from
@@ -452,17 +444,15 @@ class ItemEncoder:
         logger.info("encoding %d item texts with %s on %s", len(texts), self.setting, self.device)
         if self.backend != "torch":
             return self._encode_onnx(texts)
-        model, show = self.model, len(texts) > self.batch_size
-        if self.processes == 1:
-            vectors = model.encode(list(texts), batch_size=self.batch_size, show_progress_bar=show)
-        else:
-            with _threads_per_process(self.processes):  # the workers read it as they start
+        model, show, pool = self.model, len(texts) > self.batch_size, None
+        if self.processes > 1:
+            threads = str(max(1, (os.cpu_count() or 1) // self.processes))
+            with mock.patch.dict(os.environ, OMP_NUM_THREADS=threads):  # the workers read it as they start
                 pool = model.start_multi_process_pool([self.device] * self.processes)
-            try:
-                vectors = model.encode(
-                    list(texts), batch_size=self.batch_size, show_progress_bar=show, pool=pool
-                )
-            finally:
+        try:
+            vectors = model.encode(list(texts), batch_size=self.batch_size, show_progress_bar=show, pool=pool)
+        finally:
+            if pool is not None:
                 model.stop_multi_process_pool(pool)
         return np.asarray(vectors, dtype=np.float32)
 
@@ -484,20 +474,6 @@ class _Embedder(torch.nn.Module):
         return self.model(dict(zip(self.input_names, inputs, strict=True)))["sentence_embedding"]
 
 
-@contextlib.contextmanager
-def _threads_per_process(processes: int) -> Iterator[None]:
-    """``OMP_NUM_THREADS`` set to this machine's cores over ``processes`` inside the block."""
-    before = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = before
-
-
 def check_feature_size(expected: int, features: torch.Tensor | np.ndarray, source: str) -> None:
     """The item tower takes ``expected``-dim features; ``features`` (from ``source``) must match."""
     actual = features.shape[1]
@@ -506,6 +482,13 @@ def check_feature_size(expected: int, features: torch.Tensor | np.ndarray, sourc
             f"the item tower takes {expected}-dim features; {source}: {actual}-dim "
             "(a different text_encoder or item_feature_file?)"
         )
+
+
+def _no_row_error(absent: list[str]) -> ItemFeatureError:
+    return ItemFeatureError(
+        f"{len(absent)} items have no feature row (e.g. {absent[:5]}); "
+        "set missing_text: empty to encode them as the empty string"
+    )
 
 
 def align_to_internal_ids(
@@ -520,10 +503,7 @@ def align_to_internal_ids(
     rows = np.array([row_of.get(token, -1) for token in id2token[1:]], dtype=np.int64)
     absent = [id2token[i + 1] for i in np.flatnonzero(rows < 0)]
     if absent and missing is None:
-        raise ItemFeatureError(
-            f"{len(absent)} items have no feature row (e.g. {absent[:5]}); "
-            "set missing_text: empty to encode them as the empty string"
-        )
+        raise _no_row_error(absent)
     padded = np.concatenate([matrix, np.zeros((1, matrix.shape[1]), np.float32)])
     if missing is not None:
         padded[-1] = missing  # row -1: what an item without a row gets
@@ -549,12 +529,8 @@ def _supplied_features(npy: Path, item_tokens) -> tuple[list[str], np.ndarray]:
     with np.errstate(over="ignore"):  # a finite float64 too large for float32 becomes Inf: refused below
         matrix = matrix.astype(np.float32)
     ids_file = npy.with_suffix(".ids")
-    if ids_file.is_file():
-        with open(ids_file, encoding="utf-8") as f:
-            tokens = f.read().splitlines()
-    else:
-        tokens = item_tokens()
-    if matrix.ndim != 2 or matrix.shape[0] != len(tokens):
+    tokens = ids_file.read_text(encoding="utf-8").splitlines() if ids_file.is_file() else item_tokens()
+    if matrix.shape[0] != len(tokens):
         raise ItemFeatureError(f"{npy}: shape {matrix.shape} does not match its {len(tokens)} item ids")
     bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
     if bad.size:
@@ -579,11 +555,6 @@ def check_text_coverage(n_empty: int, n_items: int, source: str, fields: Sequenc
         )
     logger.warning("%s: %d of %d items (%.1f %%) have no text in fields %s; they get the empty string's "
                    "features", source, n_empty, n_items, 100 * share, list(fields))  # fmt: skip
-
-
-def config_device(config) -> str:
-    """The torch device a RecBole config trains on, as a string for the encoder."""
-    return str(config["device"]) if config["device"] is not None else "cpu"
 
 
 def load_item_features(config, dataset, encoder: ItemEncoder | None = None) -> torch.Tensor:
@@ -613,10 +584,7 @@ def load_item_features(config, dataset, encoder: ItemEncoder | None = None) -> t
                 f"{len(empty)} items have empty text (e.g. {empty[:5]}) and missing_text=error"
             )
         if absent and policy == "error":
-            raise ItemFeatureError(
-                f"{len(absent)} items have no feature row (e.g. {absent[:5]}); "
-                "set missing_text: empty to encode them as the empty string"
-            )
+            raise _no_row_error(absent)
         source = f"dataset {config['dataset']} ({item_file})"
         check_text_coverage(len(empty) + len(absent), len(used), source, texts.fields)
         encoder = encoder or ItemEncoder.from_config(config)

@@ -29,18 +29,9 @@ from pathlib import Path
 
 import torch
 
-from recbole_srt.checkpoint import (
-    CheckpointError,
-    feature_size,
-    load_srt_checkpoint,
-)
+from recbole_srt.checkpoint import CheckpointError, feature_size, load_srt_checkpoint
 from recbole_srt.cli import USER_ERRORS, quiet_library_warnings, user_errors
-from recbole_srt.features import (
-    ItemEncoder,
-    check_feature_size,
-    check_text_coverage,
-    read_catalog,
-)
+from recbole_srt.features import ItemEncoder, check_feature_size, check_text_coverage, read_catalog
 from recbole_srt.model.srt import SRT
 
 logger = logging.getLogger(__name__)

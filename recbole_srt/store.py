@@ -4,7 +4,7 @@ Every dataset, cold-start copy, pre-training mix, fine-tuning target and serving
 uses the same encoder setting reads the same store, keyed by the text itself (BLAKE2b-128 of its
 UTF-8 bytes), so only texts never seen before are encoded.
 
-Layout of one setting's folder (:meth:`ItemEncoder.store_folder` names it)::
+Layout of one setting's folder (:attr:`ItemEncoder.setting` names it)::
 
     <folder>/<shard>.keys.npy      S16 [n]     digests of the shard's texts
     <folder>/<shard>.vectors.npy   float32 [n, F]
@@ -68,7 +68,15 @@ class VectorStore:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self._load()
+        # _shards: the memory-mapped vectors; _index: digest -> row of _where, the [n, 2] shard and row
+        # of each stored text
+        self._shards: list[np.ndarray] = []
+        self._index: dict[bytes, int] = {}
+        self._where = np.empty((0, 2), dtype=np.int64)
+        for index_file in sorted(self.folder.glob("*.json")):
+            shard = self._open_shard(index_file)
+            if shard is not None:
+                self._append(*shard)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -111,17 +119,6 @@ class VectorStore:
                     path.unlink(missing_ok=True)
             return None
         return keys, vectors
-
-    def _load(self) -> None:
-        """Open every shard: ``_shards`` (memory-mapped vectors) and ``_index`` (digest -> row of
-        ``_where``, the ``[n, 2]`` shard and row of each stored text)."""
-        self._shards: list[np.ndarray] = []
-        self._index: dict[bytes, int] = {}
-        self._where = np.empty((0, 2), dtype=np.int64)
-        for index_file in sorted(self.folder.glob("*.json")):
-            shard = self._open_shard(index_file)
-            if shard is not None:
-                self._append(*shard)
 
     def _append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Make one opened shard's ``keys`` and (memory-mapped) ``vectors`` findable."""

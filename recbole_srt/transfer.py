@@ -45,36 +45,14 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("full", "freeze_projection", "top_k_layers", "progressive")
 # Define the weights' shapes and meaning: taken from the checkpoint, an override that differs is an error.
-ARCHITECTURE_KEYS = (
-    "n_layers",
-    "n_heads",
-    "hidden_size",
-    "inner_size",
-    "hidden_act",
-    "layer_norm_eps",
-    "norm_first",
-    "projection",
-    "projection_inner_size",
-    "similarity",
-    "text_encoder",
-    "MAX_ITEM_LIST_LENGTH",
-)
+ARCHITECTURE_KEYS = ("n_layers", "n_heads", "hidden_size", "inner_size", "hidden_act", "layer_norm_eps",
+                     "norm_first", "projection", "projection_inner_size", "similarity", "text_encoder",
+                     "MAX_ITEM_LIST_LENGTH")  # fmt: skip
 # The pre-training objective and regularisation: taken from the checkpoint unless overridden.
-INHERITED_KEYS = (
-    "loss_type",
-    "neg_sample_num",
-    "negatives",
-    "negatives_from_training_items",
-    "temperature",
-    "train_all_positions",
-    "train_rows",
-    "hidden_dropout_prob",
-    "attn_dropout_prob",
-    "projection_dropout",
-    "text_max_tokens",
-    "text_encoder_backend",
-    "text_encoder_precision",
-)
+INHERITED_KEYS = ("loss_type", "neg_sample_num", "negatives", "negatives_from_training_items", "temperature",
+                  "train_all_positions", "train_rows", "hidden_dropout_prob", "attn_dropout_prob",
+                  "projection_dropout", "text_max_tokens", "text_encoder_backend",
+                  "text_encoder_precision")  # fmt: skip
 
 
 class TransferError(ValueError):
