@@ -2,47 +2,31 @@
 
 RecBole 1.2.1 (2023) predates numpy 2, pandas 3, setuptools 82, pyarrow 26 and torch 2.6, and has
 no plugin hook for a model's YAML. Every change this project makes to RecBole's behaviour is here,
-each with its reason and a test in ``tests/test_compat.py`` (facts in ``shared/notes``):
+each with its reason (in full: ``docs/compat.md``) and a test in ``tests/test_compat.py``:
 
-===============================  ==============================================  =======================
-what                             why                                             remedy
-===============================  ==============================================  =======================
-numpy>=2, pandas>=3,             RecBole's ``np.float_``, ray's ``np.bool8``;    pins in setup.py,
-setuptools>=82, pyarrow>=26,     Copy-on-Write makes RecBole's                   refused at import by
-RecBole != 1.2.1                 ``fillna(inplace=True)`` a no-op (ids become    :func:`check_stack`
-                                 -2**63, silently); ray needs ``pkg_resources``;
-                                 pyarrow 26 needs numpy 2; the patches below
-                                 are written against RecBole 1.2.1's source
-``np.float`` & co.               RecBole's metrics use them; only                :func:`numpy_aliases`
-                                 ``Config.__init__`` aliases them, so a Config
-                                 unpickled by ``load_data_and_model`` crashes
-                                 ``NDCG``
-``torch.load`` in RecBole's      RecBole pickles its ``Config`` into every       :func:`safe_recbole_
-checkpoint readers               checkpoint, so reading one runs whatever code   checkpoints`: SRT's
-(``load_data_and_model``,        the file holds (torch >= 2.6 refuses it)        weights-only format,
-``resume_checkpoint``,                                                           its config dict made
-``evaluate``), ``Trainer.                                                        a ``Config`` again;
-_save_checkpoint``                                                               full pickles only if
-                                                                                 this process's
-                                                                                 ``_save_checkpoint``
-                                                                                 wrote the file
-``Config._set_default_           RecBole ships ``train_neg_sample_args:          :func:`default_no_
-parameters``                     uniform`` and then refuses it for its own CE    negatives_for_ce`
-                                 models (SASRec's and BERT4Rec's default)
-``Config._load_cmd_line``        reads ``sys.argv`` in every ``Config()``, so    :func:`ignoring_argv`
-                                 a script's own flags (pytest's, Ray's) become   (a scope, used by
-                                 config keys                                     :mod:`recbole_srt.
-                                                                                 pipeline`)
-``Config._convert_config_        ``eval()``\\ s every string of ``config_dict``   :func:`literal_config_
-dict``                           and of the command line                         values` (ast literals)
-``Config._update_internal_       RecBole reads model YAMLs only from its own     :func:`plugin_model_
-config_dict``                    package                                         yamls` (a plugin's YAML
-                                                                                 loads right after
-                                                                                 overall.yaml)
-``Config._init_device``,         DDP hard-codes NCCL and CUDA devices, so        :func:`ddp_on_cpu`
-``DistributedDataParallel`` in   ``run_recbole --nproc=N`` cannot run without    (gloo and CPU when no
-``recbole.trainer.trainer``      a GPU                                           GPU is used)
-===============================  ==============================================  =======================
+* :func:`check_stack` refuses numpy>=2, pandas>=3, setuptools>=82, pyarrow>=26 and RecBole != 1.2.1
+  (pinned in setup.py): RecBole's ``np.float_`` and ray's ``np.bool8``; Copy-on-Write makes RecBole's
+  ``fillna(inplace=True)`` a no-op (ids become -2**63, silently); ray needs ``pkg_resources``; pyarrow 26
+  needs numpy 2; the patches below are written against RecBole 1.2.1's source.
+* :func:`numpy_aliases`: RecBole's metrics use ``np.float`` & co., which only ``Config.__init__``
+  aliases, so a ``Config`` unpickled by ``load_data_and_model`` crashes ``NDCG``.
+* :func:`safe_recbole_checkpoints`: RecBole pickles its ``Config`` into every checkpoint, so its readers
+  (``load_data_and_model``, ``resume_checkpoint``, ``evaluate``) run whatever code the file holds (torch
+  >= 2.6 refuses it). They read SRT's weights-only format instead, its config dict made a ``Config``
+  again; a full pickle only if this process's ``Trainer._save_checkpoint`` wrote the file.
+* :func:`default_no_negatives_for_ce` (``Config._set_default_parameters``): RecBole ships
+  ``train_neg_sample_args: uniform`` and then refuses it for its own CE models (SASRec's and BERT4Rec's
+  default).
+* :func:`scoped_argv` (``Config._load_cmd_line``): every ``Config()`` reads ``sys.argv``, so a script's
+  own flags (pytest's, Ray's) become config keys; not within :func:`ignoring_argv`, the scope
+  :mod:`recbole_srt.pipeline` uses.
+* :func:`literal_config_values` (``Config._convert_config_dict``): RecBole ``eval()``\\ s every string of
+  ``config_dict`` and of the command line; they are parsed as ast literals instead.
+* :func:`plugin_model_yamls` (``Config._update_internal_config_dict``): RecBole reads model YAMLs only
+  from its own package; a plugin's YAML loads right after ``overall.yaml``.
+* :func:`ddp_on_cpu` (``Config._init_device``, ``DistributedDataParallel`` in ``recbole.trainer.trainer``):
+  DDP hard-codes NCCL and CUDA devices, so ``run_recbole --nproc=N`` cannot run without a GPU; gloo and
+  CPU when no GPU is used.
 
 :func:`apply` runs them all; ``import recbole_srt`` calls it.
 """
@@ -86,10 +70,6 @@ class IncompatibleStackError(RuntimeError):
     """An installed package version that RecBole 1.2.1 cannot run correctly with."""
 
 
-def _major(version: str) -> int:
-    return int(version.split(".")[0])
-
-
 def check_stack(versions: Callable[[str], str] = importlib.metadata.version) -> None:
     """Refuse to run on a dependency version known to break or silently corrupt RecBole 1.2.1.
 
@@ -102,7 +82,7 @@ def check_stack(versions: Callable[[str], str] = importlib.metadata.version) -> 
             installed = versions(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
-        if _major(installed) >= bad_major:
+        if int(installed.split(".")[0]) >= bad_major:
             problems.append((f"{dist}=={installed}: {why}", f"'{dist}<{bad_major}'"))
     installed = versions("recbole")
     if installed != RECBOLE_VERSION:
@@ -142,9 +122,9 @@ def _save_checkpoint(self, epoch, verbose=True, **kwargs):
     path = kwargs.get("saved_model_file", self.saved_model_file)
     before = _identity(path)[1]
     _recbole_save_checkpoint(self, epoch, verbose=verbose, **kwargs)
-    after = _identity(path)[1]
+    real, after = _identity(path)
     if after is not None and after != before:  # written now (a DDP rank > 0 writes nothing)
-        _written_pickles[os.path.realpath(path)] = after
+        _written_pickles[real] = after
 
 
 def _load_for_recbole(f, *args, **kwargs):
@@ -225,9 +205,7 @@ def _literal(value: str):
 
 
 def _convert_config_dict(self: Config, config_dict: dict) -> dict:
-    for key, value in config_dict.items():
-        if isinstance(value, str):
-            config_dict[key] = _literal(value)
+    config_dict.update({key: _literal(value) for key, value in config_dict.items() if isinstance(value, str)})
     return config_dict
 
 

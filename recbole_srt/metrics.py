@@ -40,9 +40,8 @@ def ranking_metrics(
 def sampled_candidates(users: np.ndarray, n_items: int, n_negatives: int, seed: int = 0) -> np.ndarray:
     """``[len(users), n_negatives]`` item ids in ``1 .. n_items - 1``, a fixed function of (seed, user)."""
     with np.errstate(over="ignore"):
-        z = users.astype(np.uint64)[:, None] * np.uint64(n_negatives) + np.arange(
-            n_negatives, dtype=np.uint64
-        )
+        draw = np.arange(n_negatives, dtype=np.uint64)
+        z = users.astype(np.uint64)[:, None] * np.uint64(n_negatives) + draw
         z = z + np.uint64((seed * _MIX[0] + _MIX[0]) % 2**64)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX[1])
         z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX[2])
@@ -65,10 +64,9 @@ def sampled_ranks(
     """
     ranks = []
     for start in range(0, len(targets), rows):
-        block, target = scores[start : start + rows], targets[start : start + rows].view(-1, 1)
-        ids = sampled_candidates(
-            users[start : start + rows].cpu().numpy(), scores.shape[1], n_negatives, seed
-        )
+        part = slice(start, start + rows)
+        block, target = scores[part], targets[part].view(-1, 1)
+        ids = sampled_candidates(users[part].cpu().numpy(), scores.shape[1], n_negatives, seed)
         candidates = torch.from_numpy(ids).to(scores.device).sort(dim=1).values
         first = torch.ones_like(candidates, dtype=torch.bool)
         first[:, 1:] = candidates[:, 1:] != candidates[:, :-1]  # one vote per distinct item

@@ -21,7 +21,6 @@ continues at the same step, rate and optimiser.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
 
@@ -43,28 +42,24 @@ def lr_factor(schedule: str, step: int, total: int, warmup_fraction: float, fina
     # onecycle: cosine from 1/DIV up to 1 during the warm-up, then down to 1/(DIV * FINAL_DIV)
     start, end = 1 / ONECYCLE_DIV, 1 / (ONECYCLE_DIV * ONECYCLE_FINAL_DIV)
     if step < warmup:
-        low, high, progress = start, 1.0, step / max(1, warmup)
+        low, progress = start, step / max(1, warmup)
     else:
-        low, high, progress = end, 1.0, 1 - min(1.0, (step - warmup) / max(1, total - warmup))
-    return low + (high - low) * 0.5 * (1 - math.cos(math.pi * progress))
-
-
-def _param_groups(params: Iterable[torch.nn.Parameter], weight_decay: float) -> list[dict]:
-    params = [p for p in params if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+        low, progress = end, 1 - min(1.0, (step - warmup) / max(1, total - warmup))
+    return low + (1 - low) * 0.5 * (1 - math.cos(math.pi * progress))
 
 
 def make_optimizer(
     learner: str, params, learning_rate: float, weight_decay: float, decoupled: bool, momentum: float = 0.0
 ) -> torch.optim.Optimizer:
-    """One torch optimiser; weight decay on matrices only."""
+    """One torch optimiser over the trainable ``params``; weight decay on matrices only."""
     learner = learner.lower()
     if learner not in LEARNERS:
         raise ValueError(f"learner must be one of {LEARNERS} for SRT, got {learner!r}")
-    groups = _param_groups(params, weight_decay)
+    params = [p for p in params if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     if learner == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum)
     kind = torch.optim.AdamW if learner == "adamw" or decoupled else torch.optim.Adam

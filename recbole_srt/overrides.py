@@ -12,7 +12,7 @@ Also the settings' own checks: :func:`read_config_file` (a YAML config file, or 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ class SettingError(ValueError):
     """A setting of the wrong type, or an unknown model."""
 
 
-# Settings a model validates itself in more forms than their default's type (SRT: a number, a list, a dict).
 # Keys a model checks itself: SRT's per-block dropouts (a number, a list or a rule) and the token cap
 # (an integer or ~ for the encoder's own limit; ItemEncoder checks it).
 _MODEL_VALIDATED = {"SRT": (*PER_BLOCK_KEYS, "text_max_tokens")}
@@ -61,20 +60,13 @@ def read_config_file(path: str | Path) -> dict:
     return loaded or {}
 
 
-def _yaml_keys(paths: Iterable[Path]) -> set[str]:
-    keys: set[str] = set()
-    for path in paths:
-        keys |= set(read_config_file(path))
-    return keys
-
-
 def known_config_keys(config_files: Sequence[str | Path] = ()) -> set[str]:
     """Every setting a RecBole run may take: RecBole's property YAMLs, the plugin's, and ``config_files``."""
     recbole_yamls = (Path(recbole.__file__).parent / "properties").rglob("*.yaml")
-    plugin_yamls = Path(str(files("recbole_srt.properties"))).rglob("*.yaml")
-    sweep = Path(str(files("recbole_srt.properties") / "sweep"))
-    ours = [p for p in plugin_yamls if sweep not in p.parents]  # sweep presets are not RecBole settings
-    return _yaml_keys([*recbole_yamls, *ours, *config_files]) | _RUNTIME_KEYS
+    plugin = Path(str(files("recbole_srt.properties")))
+    # sweep presets are not RecBole settings
+    ours = [p for p in plugin.rglob("*.yaml") if plugin / "sweep" not in p.parents]
+    return set().union(*map(read_config_file, [*recbole_yamls, *ours, *config_files])) | _RUNTIME_KEYS
 
 
 def parse_overrides(args: Sequence[str], known: Collection[str]) -> dict[str, Any]:

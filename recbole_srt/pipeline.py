@@ -120,17 +120,17 @@ class RunRecord:
             "wall_s": self.wall_s,
             "peak_rss_mb": self.peak_rss_mb,
             "peak_gpu_mb": self.peak_gpu_mb,
-            **{f"valid_{k}": float(v) for k, v in self.best_valid.items()},
-            **{f"test_{k}": float(v) for k, v in self.test.items()},
-            **{f"test_{k}": float(v) for k, v in self.test_sampled.items()},
         }
-        if self.best_epoch is not None:
-            row.update(
-                {f"valid_{k}": float(v) for k, v in self.epochs[self.best_epoch - 1].valid_sampled.items()}
-            )
-        for split in ("valid", "test"):
-            metrics = getattr(self, f"zero_shot_{split}")
-            row.update({f"zero_shot_{split}_{k}": float(v) for k, v in (metrics or {}).items()})
+        best_sampled = self.epochs[self.best_epoch - 1].valid_sampled if self.best_epoch else {}
+        for prefix, metrics in (
+            ("valid", self.best_valid),
+            ("test", self.test),
+            ("test", self.test_sampled),
+            ("valid", best_sampled),
+            ("zero_shot_valid", self.zero_shot_valid),
+            ("zero_shot_test", self.zero_shot_test),
+        ):
+            row.update({f"{prefix}_{k}": float(v) for k, v in (metrics or {}).items()})
         return row
 
 
@@ -194,18 +194,9 @@ def subsample_users(config: Config, train_data, fraction: float, seed: int):
 
 def set_trainable(model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[torch.nn.Parameter]:
     """Train exactly the parameters whose names start with one of ``prefixes``; returns them."""
-    trainable = []
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(prefixes))
-        if param.requires_grad:
-            trainable.append(param)
-    return trainable
-
-
-def _peak_memory(device: torch.device) -> tuple[float, float | None]:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return rss, gpu
+    return [param for param in model.parameters() if param.requires_grad]
 
 
 def run(
@@ -272,9 +263,8 @@ def run(
     if zero_shot:
         probe = trainer_class(config, model)
         record.zero_shot_valid = dict(probe.evaluate(valid_data, load_best_model=False))
-        record.zero_shot_test = (
-            dict(probe.evaluate(test_data, load_best_model=False)) if evaluate_test else None
-        )
+        if evaluate_test:
+            record.zero_shot_test = dict(probe.evaluate(test_data, load_best_model=False))
         logger.info("zero-shot: valid %s", record.zero_shot_valid)
 
     stages = plan(config) if plan else [Stage("all", ("",), config["epochs"], config["learning_rate"])]
@@ -329,6 +319,8 @@ def run(
         record.test = dict(trainer.evaluate(test_data, load_best_model=loaded, model_file=checkpoint))
         record.test_sampled = trainer.eval_sampled
     record.wall_s = time.perf_counter() - start
-    record.peak_rss_mb, record.peak_gpu_mb = _peak_memory(config["device"])
+    record.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if config["device"].type == "cuda":
+        record.peak_gpu_mb = torch.cuda.max_memory_allocated(config["device"]) / 2**20
     logger.info("best valid: %s; test: %s", record.best_valid, record.test)
     return result

@@ -27,24 +27,24 @@ from recbole_srt import compat
 PLUGIN_MODELS: dict[str, tuple[str, str, str]] = {
     "SRT": ("recbole_srt.model.srt", "recbole_srt.trainer", "recbole_srt.data")
 }
-_RECBOLE_SEQUENTIAL = "recbole.model.sequential_recommender"
+_PROPERTIES = Path(str(files("recbole_srt.properties")))
 # Fine-tuning defaults (recbole_srt.transfer), a config file below the user's.
-TRANSFER_YAML = Path(str(files("recbole_srt.properties") / "transfer.yaml"))
+TRANSFER_YAML = _PROPERTIES / "transfer.yaml"
 
 
 def plugin_yaml(model: str) -> Path:
     """Path of a plugin model's default properties."""
-    return Path(str(files("recbole_srt.properties") / "model" / f"{model}.yaml"))
+    return _PROPERTIES / "model" / f"{model}.yaml"
 
 
 def register() -> None:
     """Register every plugin model, its trainer and its YAML with RecBole (idempotent)."""
     recbole_trainers = importlib.import_module("recbole.trainer")
     recbole_datasets = importlib.import_module("recbole.data.dataset")
-    for name, (model_module, trainer_module, dataset_module) in PLUGIN_MODELS.items():
-        sys.modules[f"{_RECBOLE_SEQUENTIAL}.{name.lower()}"] = importlib.import_module(model_module)
-        trainer, dataset = f"{name}Trainer", f"{name}Dataset"
-        setattr(recbole_trainers, trainer, getattr(importlib.import_module(trainer_module), trainer))
-        setattr(recbole_datasets, dataset, getattr(importlib.import_module(dataset_module), dataset))
+    for name, modules in PLUGIN_MODELS.items():
+        model, trainer, dataset = map(importlib.import_module, modules)
+        sys.modules[f"recbole.model.sequential_recommender.{name.lower()}"] = model
+        setattr(recbole_trainers, f"{name}Trainer", getattr(trainer, f"{name}Trainer"))
+        setattr(recbole_datasets, f"{name}Dataset", getattr(dataset, f"{name}Dataset"))
         compat.PLUGIN_YAMLS[name] = plugin_yaml(name)
-        compat.PLUGIN_RECIPES[name] = Path(str(files("recbole_srt.properties") / "recipes"))
+        compat.PLUGIN_RECIPES[name] = _PROPERTIES / "recipes"

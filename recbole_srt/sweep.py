@@ -11,8 +11,7 @@ is one :func:`recbole_srt.pipeline.run` (one model size, one data fraction, one 
   cumulative targets, FLOPs and wall time), so a scheduler such as ASHA can stop the trial early.
   When the epoch is the best so far, the test split is scored with the same weights and the model
   is checkpointed (SRT's weights-only format, :mod:`recbole_srt.checkpoint`, ``model.pth``); Ray
-  keeps that checkpoint, and a restarted
-  trial resumes from it.
+  keeps that checkpoint, and a restarted trial resumes from it.
 """
 
 from __future__ import annotations
@@ -99,26 +98,19 @@ def run_trial(config: dict) -> None:
     recbole_config = make_config(spec["model"], spec["dataset"], spec["config_files"], recbole_settings(spec))
 
     checkpoint = session.get_checkpoint()
-    fail_after_report = spec["fail"] == "once" and checkpoint is None
     with contextlib.ExitStack() as stack:
         progress, resume = Progress(), None
         if checkpoint is not None:
             folder = stack.enter_context(checkpoint.as_directory())
             resume = os.path.join(folder, CHECKPOINT_FILE)
             progress = Progress(**json.loads(Path(folder, PROGRESS_FILE).read_text()))
-        _train(recbole_config, spec, progress, resume, setup_start, fail_after_report)
+        _train(recbole_config, spec, progress, resume, setup_start)
 
 
-def _train(
-    recbole_config,
-    spec: dict,
-    progress: Progress,
-    resume: str | None,
-    setup_start: float,
-    fail_after_report: bool,
-) -> None:
+def _train(recbole_config, spec: dict, progress: Progress, resume: str | None, setup_start: float) -> None:
     """Run the trial from ``progress`` (and the ``resume`` checkpoint), reporting every epoch to Ray."""
     wall_offset, fit_start = progress.wall_time_s, None
+    fail_after_report = spec["fail"] == "once" and resume is None  # a retry resumes from a checkpoint
 
     def on_epoch(result: Run, stats: EpochStats) -> None:
         nonlocal fit_start
@@ -134,9 +126,7 @@ def _train(
             test_loss = trainer.eval_loss
         progress.wall_time_s = wall_offset + time.perf_counter() - fit_start
         row = {
-            "params_trainable": record.params.trainable,
-            "params_non_embedding": record.params.non_embedding,
-            "params_catalog": record.params.catalog,
+            **{f"params_{k}": v for k, v in asdict(record.params).items()},
             "params_paper": record.params.paper,
             "n_items": record.n_items,
             "max_epochs": result.config["epochs"],

@@ -92,8 +92,7 @@ class EpochRecorder:
         total = super()._train_epoch(
             train_data, epoch_idx, loss_func=counted_loss, show_progress=show_progress
         )
-        seconds = time.perf_counter() - start
-        n = int(targets)
+        seconds, n = time.perf_counter() - start, int(targets)
         self.history.append(EpochStats(epoch_idx, seconds, n, float(loss_sum) / max(n, 1)))
         return total
 
@@ -110,11 +109,8 @@ class EpochRecorder:
         return score, result
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        self._eval_loss_sum, self._eval_count, self._sampled_ranks = (
-            torch.zeros((), device=self.device),
-            0,
-            [],
-        )
+        self._eval_loss_sum = torch.zeros((), device=self.device)
+        self._eval_count, self._sampled_ranks = 0, []
         result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
         self.eval_loss = float(self._eval_loss_sum / self._eval_count) if self._eval_count else math.nan
         ranks = torch.cat(self._sampled_ranks).cpu().numpy() if self._sampled_ranks else np.zeros(0)
@@ -142,9 +138,8 @@ class EpochRecorder:
         log_probs = torch.log_softmax(scores.float(), dim=1)
         self._eval_loss_sum = self._eval_loss_sum - log_probs[positive_u, targets].sum()
         self._eval_count += len(positive_u)
-        users = interaction[self.config["USER_ID_FIELD"]][
-            positive_u.to(interaction[self.config["USER_ID_FIELD"]].device)
-        ]
+        users = interaction[self.config["USER_ID_FIELD"]]
+        users = users[positive_u.to(users.device)]
         self._sampled_ranks.append(sampled_ranks(scores[positive_u], targets, users))
         return interaction, scores, positive_u, positive_i
 

@@ -12,8 +12,6 @@ forward ``QK^T`` + ``AV`` over the full ``L x L`` square (no causal discount), b
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from torch import nn
@@ -34,19 +32,14 @@ def _attention_backward(grad_out, query, key, value, *args, out_shape=None, **kw
     return 3 * (2 * b * h * s_q * s_k * d_q) + 2 * (2 * b * h * s_q * s_k * d_v)
 
 
-def _cpu_attention_formulas() -> dict:
-    formulas = {}
+CPU_ATTENTION_FORMULAS = {
+    getattr(torch.ops.aten, name): formula
     for name, formula in (
         ("_scaled_dot_product_flash_attention_for_cpu", _attention_forward),
         ("_scaled_dot_product_flash_attention_for_cpu_backward", _attention_backward),
-    ):
-        op = getattr(torch.ops.aten, name, None)
-        if op is not None:
-            formulas[op] = formula
-    return formulas
-
-
-CPU_ATTENTION_FORMULAS = _cpu_attention_formulas()
+    )
+    if hasattr(torch.ops.aten, name)
+}
 
 
 def training_step_flops(model: nn.Module, interaction, enable_amp: bool = False) -> int:
@@ -57,13 +50,11 @@ def training_step_flops(model: nn.Module, interaction, enable_amp: bool = False)
     """
     device = next(model.parameters()).device
     model.train()
-    rng_devices = [device] if device.type == "cuda" else []
     with (
-        torch.random.fork_rng(devices=rng_devices),
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
         FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FORMULAS) as counter,
     ):
-        autocast = torch.autocast(device_type=device.type) if enable_amp else contextlib.nullcontext()
-        with autocast:
+        with torch.autocast(device_type=device.type, enabled=enable_amp):
             loss = model.calculate_loss(interaction)
         loss.backward()
     model.zero_grad(set_to_none=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
@@ -82,16 +82,7 @@ class FitResult:
 
     def to_dict(self) -> dict:
         """JSON-ready summary (without the raw parameter vector)."""
-        return {
-            "law": self.law,
-            "params": self.params,
-            "objective": self.objective,
-            "grad_norm": self.grad_norm,
-            "converged": self.converged,
-            "message": self.message,
-            "n_points": self.n_points,
-            "n_starts": self.n_starts,
-        }
+        return {k: v for k, v in asdict(self).items() if k != "theta"}
 
 
 @dataclass
@@ -106,13 +97,8 @@ class BootstrapResult:
     n_not_converged: int  # resamples whose refit failed the convergence check (kept in the CI)
 
     def to_dict(self) -> dict:
-        return {
-            "level": self.level,
-            "ci": {k: list(v) for k, v in self.ci.items()},
-            "n_resamples": self.n_resamples,
-            "n_failed": self.n_failed,
-            "n_not_converged": self.n_not_converged,
-        }
+        summary = {k: v for k, v in asdict(self).items() if k != "samples"}
+        return {**summary, "ci": {k: list(v) for k, v in self.ci.items()}}
 
 
 @dataclass
@@ -131,12 +117,11 @@ class HoldoutResult:
         return float(np.mean(np.abs(self.rel_error)))
 
     def to_dict(self) -> dict:
+        arrays = {k: getattr(self, k).tolist() for k in ("predicted", "observed", "rel_error")}
         return {
             "train_sizes": self.train_sizes,
             "test_sizes": self.test_sizes,
-            "predicted": self.predicted.tolist(),
-            "observed": self.observed.tolist(),
-            "rel_error": self.rel_error.tolist(),
+            **arrays,
             "mean_abs_rel_error": self.mean_abs_rel_error,
             "mean_rel_error": float(np.mean(self.rel_error)),
             "fit_converged": self.fit.converged,
@@ -174,13 +159,8 @@ def _objective(theta: np.ndarray, logx: np.ndarray, logy: np.ndarray, delta: flo
     return loss, grad
 
 
-def _to_centred(theta: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    out = theta.copy()
-    out[1::2] = theta[1::2] - theta[2::2] * centre
-    return out
-
-
-def _from_centred(theta: np.ndarray, centre: np.ndarray) -> np.ndarray:
+def _shift(theta: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """``a_j += alpha_j * centre_j``: natural -> centred parameters at ``-mean(log x)``, back at ``+mean``."""
     out = theta.copy()
     out[1::2] = theta[1::2] + theta[2::2] * centre
     return out
@@ -233,7 +213,7 @@ def _fit_lse(
         for start in np.atleast_2d(starts):
             res = minimize(
                 _objective,
-                np.clip(_to_centred(np.asarray(start, dtype=float), centre), lower, upper),
+                np.clip(_shift(np.asarray(start, dtype=float), -centre), lower, upper),
                 args=(logx_c, logy, delta),
                 jac=True,
                 method="L-BFGS-B",
@@ -256,7 +236,7 @@ def _fit_lse(
         if lo or hi
     ]
     converged, message = _convergence_verdict(runs, grad_norm, on_bound)
-    theta = _from_centred(best.x, centre)
+    theta = _shift(best.x, centre)
     values = np.exp(theta)
     values[2::2] = theta[2::2]  # exponents are not exponentiated
     return FitResult(
@@ -406,10 +386,7 @@ def bootstrap(
 
 
 def holdout_validation(
-    columns: Sequence[Sequence[float]],
-    y: Sequence[float],
-    *,
-    holdout: int = 1,
+    columns: Sequence[Sequence[float]], y: Sequence[float], *, holdout: int = 1
 ) -> HoldoutResult:
     """Fit on all but the ``holdout`` largest distinct sizes (first column), predict those points.
 
@@ -480,10 +457,6 @@ def empirical_frontier(
     """
     c, l_arr, n_arr, d_arr = (np.asarray(v, dtype=float) for v in (compute, loss, n, d))
     order = np.lexsort((l_arr, c))
-    keep, best = [], np.inf
-    for i in order:
-        if l_arr[i] < best:
-            keep.append(i)
-            best = l_arr[i]
-    keep = np.array(keep, dtype=int)
+    sorted_loss = l_arr[order]
+    keep = order[sorted_loss < np.minimum.accumulate(np.r_[np.inf, sorted_loss])[:-1]]  # beats all before
     return Frontier(c[keep], n_arr[keep], d_arr[keep], l_arr[keep])

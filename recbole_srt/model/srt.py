@@ -32,11 +32,15 @@ from torch.nn.parallel import DistributedDataParallel
 from recbole_srt.features import load_item_features
 from recbole_srt.model.params import ParamCounts, catalog_params
 
-LOSS_TYPES = ("CE", "SSM", "BPR")
-SIMILARITIES = ("dot", "cosine")
-PROJECTIONS = ("linear", "mlp")
-NEGATIVES = ("batch", "example")
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "swish": nn.SiLU}
+# The allowed values of each setting with a fixed set of them.
+CHOICES = {
+    "loss_type": ("CE", "SSM", "BPR"),
+    "similarity": ("dot", "cosine"),
+    "projection": ("linear", "mlp"),
+    "negatives": ("batch", "example"),
+    "hidden_act": tuple(ACTIVATIONS),
+}
 # Dropouts given per block (a number, a list or {first, last}): see per_block.
 PER_BLOCK_KEYS = ("hidden_dropout_prob", "attn_dropout_prob")
 
@@ -62,14 +66,7 @@ def per_block(value, n_layers: int) -> list[float]:
 
 def check_config(config) -> None:
     """Refuse settings SRT cannot build, before any data is loaded or encoded."""
-    choices = {
-        "loss_type": LOSS_TYPES,
-        "similarity": SIMILARITIES,
-        "projection": PROJECTIONS,
-        "negatives": NEGATIVES,
-        "hidden_act": tuple(ACTIVATIONS),
-    }
-    for key, allowed in choices.items():
+    for key, allowed in CHOICES.items():
         if config[key] not in allowed:
             raise ValueError(f"SRT {key} must be one of {allowed}, got {config[key]!r}")
     for key in ("n_layers", "n_heads", "hidden_size", "inner_size", "MAX_ITEM_LIST_LENGTH"):
@@ -220,7 +217,6 @@ class SRT(SequentialRecommender):
 
         if item_features.shape[0] != self.n_items:
             raise ValueError(f"item_features has {item_features.shape[0]} rows for {self.n_items} item ids")
-        self.register_buffer("item_features", item_features.float(), persistent=False)
         inter = getattr(dataset, "inter_feat", None)
         if item_counts is None:
             item_counts = torch.zeros(self.n_items, dtype=torch.long)
@@ -236,26 +232,23 @@ class SRT(SequentialRecommender):
         # nothing seen (built from features alone): every item stays a candidate. A model built on the
         # meta device (a checkpoint's shape) has no values to ask; its loaded weights do not depend on it.
         self.seen_only = bool(config["negatives_from_training_items"]) and (seen.is_meta or bool(seen.any()))
-        sampling_weight = (item_counts + 1).float()
+        weight = (item_counts + 1).float()
         if self.seen_only:
-            sampling_weight[~seen] = 0.0
-        sampling_weight[0] = 0.0  # never sample padding
-        self.register_buffer("seen", seen, persistent=False)
-        self.register_buffer("sampling_weight", sampling_weight, persistent=False)
+            weight[~seen] = 0.0
+        weight[0] = 0.0  # never sample padding
         # log q of every item as if it were sampled at weight count + 1: finite for a target that is
         # never drawn as a negative, identical to the sampling distribution for the items that are.
-        log_q = torch.log((item_counts + 1).float() / sampling_weight.sum())
-        self.register_buffer("log_q", log_q, persistent=False)
+        log_q = torch.log((item_counts + 1).float() / weight.sum())
+        frozen = dict(item_features=item_features.float(), seen=seen, sampling_weight=weight, log_q=log_q)
+        for name, tensor in frozen.items():
+            self.register_buffer(name, tensor, persistent=False)
         # These buffers are identical on every rank. RecBole's DDP trainer runs DDP's forward every
         # step, which would otherwise broadcast the whole [N, F] feature matrix from rank 0 each time.
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self, ["item_features", "seen", "sampling_weight", "log_q"]
-        )
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, list(frozen))
         self._catalog_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
-        n_layers, eps = config["n_layers"], config["layer_norm_eps"]
-        dropouts = per_block(config["hidden_dropout_prob"], n_layers)
-        attn_dropouts = per_block(config["attn_dropout_prob"], n_layers)
+        eps = config["layer_norm_eps"]
+        dropouts, attn_dropouts = (per_block(config[key], config["n_layers"]) for key in PER_BLOCK_KEYS)
         self.item_tower = ItemTower(
             item_features.shape[1],
             self.hidden_size,
@@ -264,10 +257,10 @@ class SRT(SequentialRecommender):
             config["projection_dropout"],
         )
         if config["standardize_item_features"]:
-            self.item_tower.standardize_over(item_features[1:].float())
+            self.item_tower.standardize_over(self.item_features[1:])
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.input_norm = nn.LayerNorm(self.hidden_size, eps=eps)
-        self.input_dropout = nn.Dropout(dropouts[0] if dropouts else 0.0)
+        self.input_dropout = nn.Dropout(dropouts[0])
         self.blocks = nn.ModuleList(
             Block(
                 self.hidden_size,
@@ -343,9 +336,7 @@ class SRT(SequentialRecommender):
 
     def _query(self, hidden: torch.Tensor) -> torch.Tensor:
         """Sequence states ``[*, d]`` as they enter the dot product with :meth:`_key` item vectors."""
-        if self.similarity == "cosine":
-            return F.normalize(hidden, dim=-1) / self.temperature
-        return hidden
+        return F.normalize(hidden, dim=-1) / self.temperature if self.similarity == "cosine" else hidden
 
     def _key(self, items: torch.Tensor) -> torch.Tensor:
         """Item vectors ``[*, d]`` as they are scored: unit length for cosine similarity."""
