@@ -260,7 +260,12 @@ def candidates(args: argparse.Namespace) -> tuple[dict[str, tuple[str, dict]], d
     """``label -> (model, overrides)`` and the grid's shared settings (``{}`` without ``--grid``)."""
     if args.grid is None:
         return {model: (model, {}) for model in args.models}, {}
-    grid = yaml.safe_load(args.grid.read_text()) or {}
+    from recbole_srt.overrides import OverrideError, read_config_file
+
+    try:
+        grid = read_config_file(args.grid)
+    except OverrideError as error:
+        raise SystemExit(f"compare: error: {error}") from None
     missing = {"model", "candidates"} - set(grid)
     if missing:
         raise SystemExit(f"{args.grid}: missing {sorted(missing)}")

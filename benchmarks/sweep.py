@@ -32,14 +32,18 @@ from recbole_srt.cli import quiet_library_warnings
 quiet_library_warnings()  # before ray is imported: its pkg_resources warning comes at import
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402
-import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from ray import air, tune  # noqa: E402
 from ray.tune.result import AUTO_RESULT_KEYS  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 
 from recbole_srt.analysis import EPOCH_COLUMNS, json_ready  # noqa: E402
-from recbole_srt.overrides import OverrideError, apply_overrides, parse_overrides  # noqa: E402
+from recbole_srt.overrides import (  # noqa: E402
+    OverrideError,
+    apply_overrides,
+    parse_overrides,
+    read_config_file,
+)
 from recbole_srt.sweep import run_trial  # noqa: E402
 
 DEFAULTS: dict = {
@@ -87,7 +91,7 @@ def find_preset(config: str) -> Path:
 
 def load_preset(config: str, overrides: dict) -> dict:
     """The preset YAML over :data:`DEFAULTS`, with (dotted) ``overrides``; unknown keys are errors."""
-    loaded = yaml.safe_load(find_preset(config).read_text()) or {}
+    loaded = read_config_file(find_preset(config))
     preset = apply_overrides({**DEFAULTS, **loaded}, overrides)
     unknown = sorted(set(preset) - set(DEFAULTS))
     if unknown:
@@ -345,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         preset = load_preset(args.config, args.overrides)
-    except (OSError, ValueError, yaml.YAMLError) as err:
+    except (OSError, ValueError) as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
     name = args.name or preset["name"]

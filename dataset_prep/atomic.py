@@ -172,11 +172,8 @@ def _fsync(path: Path) -> None:
 
 def sha256_of(path: Path) -> str:
     """The file's sha256, hex."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _manifest(directory: Path) -> dict[str, dict]:

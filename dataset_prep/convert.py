@@ -22,7 +22,6 @@ import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import wait
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ from dataset_prep.registry import Entry
 from dataset_prep.report import Report
 from dataset_prep.streams import LineBlocks, prefetched
 from dataset_prep.table import BATCH, AscendingLookup, Interactions
-from dataset_prep.timestamps import ODD_POLICIES, UNITS, TimeCheck, unit_of
+from dataset_prep.timestamps import ODD_POLICIES, UNITS, TimeCheck, iso_date, unit_of
 
 FORMAT_VERSION = 2  # 2: timestamps checked and normalised per file
 INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
@@ -327,11 +326,8 @@ def _filter(engine: Engine, input_stats: list[dict], opts: ConvertOptions, repor
 
 
 def _day(seconds: float | None) -> str:
-    """A time as an ISO date (time of day when not midnight), "none" for no bound."""
-    if seconds is None:
-        return "none"
-    moment = datetime.fromtimestamp(float(seconds), UTC)
-    return moment.strftime("%Y-%m-%d" if moment.time() == datetime.min.time() else "%Y-%m-%dT%H:%M:%S")
+    """A bound of the time range as :func:`~dataset_prep.timestamps.iso_date` writes it, "none" for none."""
+    return "none" if seconds is None else iso_date(float(seconds), time_of_day=True)
 
 
 def _check_columns(

@@ -106,8 +106,8 @@ class TimeCheck:
                 )
                 parts.append(
                     f"timestamps are in {UNIT_WORD[other_unit]}, but {reading} (e.g. {_show(value)} is "
-                    f"{_date(value / DIVISOR[other_unit])} in {UNIT_WORD[other_unit]}, "
-                    f"{_date(value / DIVISOR[unit])} in {UNIT_WORD[unit]}): if the file is right, pass "
+                    f"{iso_date(value / DIVISOR[other_unit])} in {UNIT_WORD[other_unit]}, "
+                    f"{iso_date(value / DIVISOR[unit])} in {UNIT_WORD[unit]}): if the file is right, pass "
                     f"--timestamp-unit {other_unit}"
                 )
         if self.counts["implausible"]:
@@ -118,7 +118,7 @@ class TimeCheck:
         total = sum(self.counts.values())
         return (
             f"{self.counts['implausible']:,} of {total:,} timestamps are no time between 1994 and "
-            f"{_date(self.latest)} in {UNIT_WORD.get(self.read_unit, 'either unit')} (e.g. "
+            f"{iso_date(self.latest)} in {UNIT_WORD.get(self.read_unit, 'either unit')} (e.g. "
             f"{_show(self.examples['implausible'])})"
         )
 
@@ -139,8 +139,12 @@ def _show(value: float) -> str:
     return str(int(value)) if abs(value) < 1e16 and value == int(value) else f"{value:g}"
 
 
-def _date(seconds: float) -> str:
+def iso_date(seconds: float, time_of_day: bool = False) -> str:
+    """A time as an ISO date (with ``time_of_day``, the time too when not midnight), or the side of the
+    calendar it falls off."""
     try:
-        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d")
+        moment = datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError, ValueError):
         return "beyond the year 9999" if seconds > 0 else "before the year 1"
+    midnight = moment.time() == datetime.min.time()
+    return moment.strftime("%Y-%m-%d" if midnight or not time_of_day else "%Y-%m-%dT%H:%M:%S")

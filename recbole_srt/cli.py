@@ -27,26 +27,27 @@ USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryEr
 
 
 class user_errors:  # noqa: N801  (used as a context manager, like contextlib's lower-case helpers)
-    """Turn the listed exceptions into ``prog: error: message`` on stderr; truthy once one happened.
+    """Turn :data:`USER_ERRORS` into ``prog: error: message`` on stderr; truthy once one happened.
 
     ::
 
-        with user_errors("srt-finetune", TransferError) as failed:
+        with user_errors("srt-finetune") as failed:
             ...
         if failed:
             return 2
 
-    With ``SRT_DEBUG=1`` in the environment the exception propagates with its traceback.
+    With ``SRT_DEBUG`` set (and not ``0``) the exception propagates with its traceback.
     """
 
-    def __init__(self, prog: str, *errors: type[BaseException]):
-        self.prog, self.errors, self.failed = prog, errors, False
+    def __init__(self, prog: str):
+        self.prog, self.failed = prog, False
 
     def __enter__(self) -> user_errors:
         return self
 
     def __exit__(self, kind, error, traceback) -> bool:
-        if error is None or not isinstance(error, self.errors) or os.environ.get("SRT_DEBUG"):
+        debug = os.environ.get("SRT_DEBUG", "") not in ("", "0")  # read as srt-prep reads it
+        if error is None or not isinstance(error, USER_ERRORS) or debug:
             return False
         print(f"{self.prog}: error: {error}", file=sys.stderr)
         self.failed = True
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parse_args(argv)
     config_files = args.config_files.split() if args.config_files else None
     quiet_library_warnings()
-    with user_errors("run_recbole", *USER_ERRORS) as failed:
+    with user_errors("run_recbole") as failed:
         settings = parse_overrides(rest, known_config_keys(config_files or ()))
         if args.nproc > 1 or args.world_size > 0:
             import torch.multiprocessing as mp

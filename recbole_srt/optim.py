@@ -101,10 +101,6 @@ class ScheduledOptimizer:
     def param_groups(self) -> list[dict]:
         return self.active.param_groups
 
-    @property
-    def state(self):
-        return self.active.state
-
     def _factor(self) -> float:
         return lr_factor(self.schedule, self.step_count, self.total_steps, self.warmup_fraction,
                          self.final_lr_ratio)  # fmt: skip

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from recbole_srt.checkpoint import CheckpointError, feature_size, load_srt_checkpoint
-from recbole_srt.cli import USER_ERRORS, quiet_library_warnings, user_errors
+from recbole_srt.cli import quiet_library_warnings, user_errors
 from recbole_srt.features import ItemEncoder, check_feature_size, check_text_coverage, read_catalog
 from recbole_srt.model.srt import SRT
 
@@ -82,8 +82,7 @@ class Recommender:
         n_empty = sum(not text for text in items.texts)
         check_text_coverage(n_empty, len(items.texts), f"catalog {catalog}", items.fields)
         encoder = ItemEncoder.from_config(config, str(device))
-        matrix = encoder.vectors(items.texts)
-        features = torch.cat([torch.zeros(1, matrix.shape[1]), torch.from_numpy(matrix)])
+        features = torch.from_numpy(encoder.vectors(items.texts, padding_row=True))
         check_feature_size(feature_size(saved["state_dict"]), features, f"{encoder.name} on {catalog}")
         model = SRT(config, item_features=features)
         model.load_state_dict(saved["state_dict"])
@@ -163,7 +162,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_library_warnings()
-    with user_errors("srt-recommend", *USER_ERRORS) as failed:
+    with user_errors("srt-recommend") as failed:
         recommender = Recommender.from_checkpoint(args.checkpoint, args.catalog, args.device)
         recommender.add_items(dict(args.new_item))
         top = recommender.recommend(args.history, args.k, exclude_history=not args.include_history)

@@ -34,7 +34,7 @@ from pathlib import Path
 from recbole.config import Config
 
 from recbole_srt.checkpoint import feature_size, load_srt_checkpoint
-from recbole_srt.cli import USER_ERRORS, quiet_library_warnings, user_errors
+from recbole_srt.cli import quiet_library_warnings, user_errors
 from recbole_srt.features import check_feature_size
 from recbole_srt.model.srt import SRT
 from recbole_srt.overrides import known_config_keys, parse_overrides
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     config_files = args.config_files.split() if args.config_files else None
     quiet_library_warnings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    with user_errors("srt-finetune", *USER_ERRORS) as failed:
+    with user_errors("srt-finetune") as failed:
         overrides = parse_overrides(rest, known_config_keys(config_files or ()))
         result = finetune(args.checkpoint, args.dataset, config_files, overrides)
     if failed:

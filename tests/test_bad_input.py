@@ -505,3 +505,18 @@ def test_srt_finetune_refuses_bad_settings_before_loading_or_encoding(
     argv = [f"--checkpoint={good}", "--dataset=tiny", f"--data_path={root}", f"--config_files={dataset_yaml}"]
     assert transfer.main([*argv, *args]) == 2
     assert one_error(capsys, "srt-finetune") == message
+
+
+@pytest.mark.parametrize(("value", "traceback"), [(None, False), ("", False), ("0", False), ("1", True)])
+def test_srt_debug_shows_the_traceback_as_srt_prep_reads_it(monkeypatch, capsys, value, traceback) -> None:
+    if value is None:
+        monkeypatch.delenv("SRT_DEBUG", raising=False)
+    else:
+        monkeypatch.setenv("SRT_DEBUG", value)
+    try:
+        with cli.user_errors("run_recbole") as failed:
+            raise ValueError("bad setting")
+    except ValueError:
+        assert traceback
+    else:
+        assert not traceback and failed and capsys.readouterr().err == "run_recbole: error: bad setting\n"

@@ -311,6 +311,11 @@ def test_disk_full_while_writing_keeps_the_previous_output(
             '2001-10-26 to 2018-09-19) dropped the last rows; rows dropped by reason: {"time_range": 89689}',
         ),
         (
+            ["--start", "1e20"],
+            "no interaction left after filtering: --start beyond the year 9999 / --end none (the data spans "
+            '2001-10-26 to 2018-09-19) dropped the last rows; rows dropped by reason: {"time_range": 89689}',
+        ),
+        (
             ["--min-user-inter", "100"],
             "no interaction left after filtering: the iterative k-core (--min-user-inter 100, "
             "--min-item-inter 5; before it the most active user had 54 interactions and the most popular "
@@ -328,7 +333,7 @@ def test_disk_full_while_writing_keeps_the_previous_output(
             "a letter or digit; no '/', no '..'); it is also RecBole's dataset name",
         ),
     ],
-    ids=["min-rating-6", "end-before-data", "k-core-empty", "name-dotdot", "name-slash"],
+    ids=["min-rating-6", "end-before-data", "start-past-9999", "k-core-empty", "name-dotdot", "name-slash"],
 )
 def test_options_that_leave_nothing_or_escape(tmp_path: Path, capsys, good: Path, extra, message) -> None:
     assert assert_refused(capsys, MAGAZINE, good, *extra) == message
