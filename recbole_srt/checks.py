@@ -9,7 +9,8 @@ and :func:`recbole_srt.pipeline.run` check first:
 * :func:`check_config_files`: each ``config_files`` entry is a readable YAML mapping;
 * :func:`config_errors`: what RecBole's ``Config()`` raises for bad settings is a :class:`SettingError`;
 * :func:`check_setting_types`: a setting whose default is a number or a boolean holds one
-  (an int is a number too); ``valid_metric`` is one of the results RecBole computes;
+  (an int is a number too); path settings hold paths, folders are no files, ``epochs`` is at least 1;
+  ``valid_metric`` is one of the results RecBole computes;
 * :func:`check_model_settings`: the model's own check (SRT: :func:`recbole_srt.model.srt.check_config`);
 * :func:`load_dataset`: the dataset folder exists (or RecBole can download it), the catalog has at
   least ``max(topk)`` items, and RecBole's split leaves no evaluated part empty.
@@ -116,11 +117,25 @@ def _check_valid_metric(config: Config) -> None:
         )
 
 
+def _check_paths_and_epochs(config: Config) -> None:
+    """Path settings hold a path and folders are not files (RecBole would fail after loading and
+    encoding); ``epochs`` is at least 1 (0 would evaluate and save an untrained model)."""
+    for key in ("checkpoint_dir", "feature_cache_dir", "item_feature_file"):
+        value = config[key]
+        if value is not None and not isinstance(value, str):
+            raise SettingError(f"setting {key} must be a path, got {value!r}")
+        if key.endswith("_dir") and value is not None and os.path.isfile(value):
+            raise SettingError(f"setting {key}: {value} is a file, not a folder")
+    if config["epochs"] < 1:
+        raise SettingError(f"setting epochs must be at least 1, got {config['epochs']}")
+
+
 def check_config_before_data(config: Config) -> None:
     """Every check of a freshly built ``config`` (see the module docstring)."""
     # the fine-tuning defaults (properties/transfer.yaml), parsed as RecBole parses YAML
     transfer = yaml.load(TRANSFER_YAML.read_text(encoding="utf-8"), Loader=config.yaml_loader)
     check_setting_types(config, {**config.internal_config_dict, **transfer})
+    _check_paths_and_epochs(config)
     _check_valid_metric(config)
     check_model_settings(config)
 

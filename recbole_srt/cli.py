@@ -27,34 +27,36 @@ USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryEr
 
 
 class user_errors:  # noqa: N801  (used as a context manager, like contextlib's lower-case helpers)
-    """Turn :data:`USER_ERRORS` into ``prog: error: message`` on stderr; truthy once one happened.
+    """Turn :data:`USER_ERRORS` into ``prog: error: message`` on stderr (:attr:`status` 2) and Ctrl-C
+    into ``prog: interrupted`` (130); truthy once one happened.
 
     ::
 
         with user_errors("srt-finetune") as failed:
             ...
         if failed:
-            return 2
+            return failed.status
 
     With ``SRT_DEBUG`` set (and not ``0``) the exception propagates with its traceback.
     """
 
     def __init__(self, prog: str):
-        self.prog, self.failed = prog, False
+        self.prog, self.status = prog, 0
 
     def __enter__(self) -> user_errors:
         return self
 
     def __exit__(self, kind, error, traceback) -> bool:
         debug = os.environ.get("SRT_DEBUG", "") not in ("", "0")  # read as srt-prep reads it
-        if error is None or not isinstance(error, USER_ERRORS) or debug:
+        if debug or not isinstance(error, (*USER_ERRORS, KeyboardInterrupt)):
             return False
-        print(f"{self.prog}: error: {error}", file=sys.stderr)
-        self.failed = True
+        interrupted = isinstance(error, KeyboardInterrupt)
+        print(f"{self.prog}: interrupted" if interrupted else f"{self.prog}: error: {error}", file=sys.stderr)
+        self.status = 130 if interrupted else 2
         return True
 
     def __bool__(self) -> bool:
-        return self.failed
+        return self.status != 0
 
 
 def quiet_library_warnings() -> None:
@@ -126,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mp.spawn(_rank, args=(args, config_files, settings), nprocs=args.nproc, join=True)
         else:
             _report(run(make_config(args.model, args.dataset, config_files, settings)).record)
-    return 2 if failed else 0
+    return failed.status
 
 
 if __name__ == "__main__":

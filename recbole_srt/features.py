@@ -349,7 +349,14 @@ class ItemEncoder:
             from sentence_transformers import SentenceTransformer
 
             device = self.device if self.backend == "torch" else "cpu"
-            self._model = SentenceTransformer(resolve_encoder(self.name), device=device)
+            try:
+                self._model = SentenceTransformer(resolve_encoder(self.name), device=device)
+            except OSError as error:  # not a model folder, and not on the hub or not reachable
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise ItemFeatureError(
+                    f"text_encoder {self.name!r} is neither a model folder nor loadable from the hub: "
+                    f"{reason}"
+                ) from None
             if self.precision != "fp32":
                 self._model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[self.precision])
             if self.max_tokens:

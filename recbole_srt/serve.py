@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         recommender.add_items(dict(args.new_item))
         top = recommender.recommend(args.history, args.k, exclude_history=not args.include_history)
     if failed:
-        return 2
+        return failed.status
     text = dict(zip(recommender.item_ids, recommender.texts, strict=True))
     if args.json:
         rows = [{"item_id": item, "score": score, "text": text[item]} for item, score in top]

@@ -111,8 +111,12 @@ def _learning_rates(config: Config, strategy: str, n_stages: int) -> list[float]
     if rate is None:
         rate = config["learning_rate"]
     rates = list(rate) if isinstance(rate, list | tuple) else [rate] * n_stages
-    if len(rates) != n_stages:
-        raise TransferError(f"finetune_learning_rate for {strategy}: {n_stages} rates needed, got {rates}")
+    numbers = all(isinstance(r, int | float) and not isinstance(r, bool) for r in rates)
+    if len(rates) != n_stages or not numbers:
+        raise TransferError(
+            f"finetune_learning_rate for {strategy} must be a number or a list of {n_stages} rates "
+            f"(one per stage), got {rate!r}"
+        )
     return [float(r) for r in rates]
 
 
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(rest, known_config_keys(config_files or ()))
         result = finetune(args.checkpoint, args.dataset, config_files, overrides)
     if failed:
-        return 2
+        return failed.status
     record = result.record
     print(f"zero-shot test: {record.zero_shot_test}")
     print(f"fine-tuned best valid: {record.best_valid}")

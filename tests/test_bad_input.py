@@ -355,6 +355,15 @@ TINY_ARGS = ["--dataset=tiny", "--epochs=1", "--hidden_size=16", "--inner_size=3
             "lr_scheduler must be one of ('constant', 'warmup_cosine', 'onecycle'), got 'cosine'",
         ),
         (["--precision=fp16"], "precision fp16 needs a CUDA device (GradScaler); use bf16 on CPU"),
+        (["--epochs=0"], "setting epochs must be at least 1, got 0"),
+        (["--checkpoint_dir=5"], "setting checkpoint_dir must be a path, got 5"),
+        (["--feature_cache_dir=[a]"], "setting feature_cache_dir must be a path, got ['a']"),
+        (["--checkpoint_dir=broken.yaml"], "setting checkpoint_dir: broken.yaml is a file, not a folder"),
+        (
+            ["--text_fields=title"],
+            "SRT text_fields must be a list of .item field names ([title]), got 'title'",
+        ),
+        (["--text_encoder=5"], "SRT text_encoder must be a model name or folder, got 5"),
         (
             ["--config_files=broken.yaml"],
             "config file broken.yaml, line 2: not valid YAML (expected ',' or ']', but got '<stream end>')",
@@ -489,6 +498,16 @@ STRATEGIES = "('full', 'freeze_projection', 'top_k_layers', 'progressive')"
         ),
         (["--finetune_top_k=abc"], "setting finetune_top_k must be an integer, got 'abc'"),
         (["--epochs=abc"], "setting epochs must be an integer, got 'abc'"),
+        (
+            ["--finetune_learning_rate=fast"],
+            "finetune_learning_rate for full must be a number or a list of 1 rates (one per stage), "
+            "got 'fast'",
+        ),
+        (
+            ["--finetune_learning_rate={full: {a: 1}}"],
+            "finetune_learning_rate for full must be a number or a list of 1 rates (one per stage), "
+            "got {'a': 1}",
+        ),
         (["--loss_type=XX"], "SRT loss_type must be one of ('CE', 'SSM', 'BPR'), got 'XX'"),
         (
             ["--hidden_size=32"],
@@ -520,3 +539,9 @@ def test_srt_debug_shows_the_traceback_as_srt_prep_reads_it(monkeypatch, capsys,
         assert traceback
     else:
         assert not traceback and failed and capsys.readouterr().err == "run_recbole: error: bad setting\n"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys) -> None:
+    with cli.user_errors("run_recbole") as failed:
+        raise KeyboardInterrupt
+    assert failed.status == 130 and capsys.readouterr().err == "run_recbole: interrupted\n"

@@ -9,6 +9,8 @@ import os
 import random
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -496,3 +498,17 @@ def test_the_token_cap_takes_none_for_the_encoders_own_limit_and_refuses_text(tm
         check_config_before_data(
             make_config("SRT", "tiny", config_dict=tiny_config(tmp_path, text_max_tokens="abc"))
         )
+
+
+def test_an_encoder_that_cannot_be_loaded_is_one_error(tmp_path: Path) -> None:
+    code = (
+        "from recbole_srt.features import ItemEncoder\n"
+        f"ItemEncoder('no-such-org/no-such-encoder', cache_dir={str(tmp_path)!r}).model"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no network retries: the hub is not reachable here anyway
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and last.startswith(
+        "recbole_srt.features.ItemFeatureError: text_encoder 'no-such-org/no-such-encoder' is neither a "
+        "model folder nor loadable from the hub: "
+    ), done.stderr

@@ -69,6 +69,11 @@ def check_config(config) -> None:
     for key, allowed in CHOICES.items():
         if config[key] not in allowed:
             raise ValueError(f"SRT {key} must be one of {allowed}, got {config[key]!r}")
+    if not isinstance(config["text_encoder"], str):
+        raise ValueError(f"SRT text_encoder must be a model name or folder, got {config['text_encoder']!r}")
+    fields = config["text_fields"]
+    if fields is not None and not (isinstance(fields, list) and all(isinstance(f, str) for f in fields)):
+        raise ValueError(f"SRT text_fields must be a list of .item field names ([title]), got {fields!r}")
     for key in ("n_layers", "n_heads", "hidden_size", "inner_size", "MAX_ITEM_LIST_LENGTH"):
         if config[key] < 1:
             raise ValueError(f"SRT {key} must be at least 1, got {config[key]}")
