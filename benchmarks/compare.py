@@ -267,11 +267,14 @@ def candidates(args: argparse.Namespace) -> tuple[dict[str, tuple[str, dict]], d
     except OverrideError as error:
         raise SystemExit(f"compare: error: {error}") from None
     missing = {"model", "candidates"} - set(grid)
-    if missing:
-        raise SystemExit(f"{args.grid}: missing {sorted(missing)}")
+    if missing or not isinstance(grid["candidates"], dict):
+        what = f"missing {sorted(missing)}" if missing else "candidates must map names to overrides"
+        raise SystemExit(f"compare: error: {args.grid}: {what}")
     unknown = sorted(set(args.candidates or []) - set(grid["candidates"]))
     if unknown:
-        raise SystemExit(f"{args.grid}: no candidates {unknown}; it has {sorted(grid['candidates'])}")
+        raise SystemExit(
+            f"compare: error: {args.grid}: no candidates {unknown}; it has {sorted(grid['candidates'])}"
+        )
     chosen = {name: dict(overrides or {}) for name, overrides in grid["candidates"].items()
               if not args.candidates or name in args.candidates}  # fmt: skip
     labels = {name: (overrides.pop("model", grid["model"]), overrides) for name, overrides in chosen.items()}
@@ -422,8 +425,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--workers", type=int, default=1, help="runs at once (CPU threads split among them)")
     p.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / workers)")
     args, rest = p.parse_known_args(argv)
-    if args.seeds < 1 or (args.cold_seeds is not None and args.cold_seeds < 1):
-        p.error("--seeds and --cold-seeds must be at least 1")
+    counts = {"--seeds": args.seeds, "--cold-seeds": args.cold_seeds, "--epochs": args.epochs,
+              "--workers": args.workers, "--threads": args.threads}  # fmt: skip
+    low = [name for name, value in counts.items() if value is not None and value < 1]
+    if low:
+        p.error(f"{', '.join(low)} must be at least 1")
+    if not 0 < args.cold_fraction < 1:
+        p.error(f"--cold-fraction must be between 0 and 1, got {args.cold_fraction}")
     return args, rest
 
 

@@ -37,7 +37,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
-from recbole_srt.features import ItemEncoder, read_item_texts
+from recbole_srt.features import ItemEncoder, ItemFeatureError, read_item_texts
 from recbole_srt.store import VectorStore
 
 PLAIN = "plain encode (torch fp32)"
@@ -135,10 +135,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--store-items", type=int, default=0, help="also time loading this many items' vectors")
     p.add_argument("--out", type=Path, default=Path("results/encode"))
     args = p.parse_args(argv)
+    if min(args.sample, args.rounds, args.batch_size) < 1 or args.store_items < 0:
+        p.error("--sample, --rounds and --batch-size must be at least 1, --store-items at least 0")
+    try:
+        texts = read_item_texts(args.item_file, "item_id").texts if args.item_file else []
+    except ItemFeatureError as error:
+        p.exit(2, f"encode: error: {error}\n")
     args.out.mkdir(parents=True, exist_ok=True)
     report = []
     if args.item_file:
-        texts = read_item_texts(args.item_file, "item_id").texts
         texts = random.Random(0).sample(texts, min(args.sample, len(texts)))
         with tempfile.TemporaryDirectory(prefix="srt-encode-bench-") as cache:
             table = speed(texts, args.cells, args.rounds, Path(cache), args.batch_size)

@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         df = load_results(args.results)
         loss_col = choose_loss_col(df, args.loss_col)
     except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"scaling: error: {err}", file=sys.stderr)
         return 2
     error_trials = sorted(df.loc[df["status"] == "ERROR", "trial_id"].unique())
     df = df[~df["trial_id"].isin(error_trials)]

@@ -100,6 +100,11 @@ def load_preset(config: str, overrides: dict) -> dict:
         bad = sorted(set(changes) - set(PER_MODEL_KEYS))
         if bad:
             raise ValueError(f"per_model.{model}: unknown keys {bad}; allowed: {list(PER_MODEL_KEYS)}")
+    for where, axes in [("", preset), *((f"per_model.{m}.", c) for m, c in preset["per_model"].items())]:
+        for axis in set(GRID_AXES) & set(axes):
+            values = axes[axis]
+            if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
+                raise ValueError(f"{where}{axis} must be a list of numbers, got {values!r}")
     bad_hooks = {k: v for k, v in preset["fail_trials"].items() if v not in ("always", "once")}
     if bad_hooks:
         raise ValueError(f"fail_trials values must be 'always' or 'once', got {bad_hooks}")

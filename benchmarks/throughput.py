@@ -152,9 +152,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from recbole_srt.cli import quiet_library_warnings
 
+    try:
+        extra = yaml.safe_load(args.config_dict)
+    except yaml.YAMLError as error:
+        p.error(f"--config-dict is not valid YAML ({getattr(error, 'problem', error)})")
+    if not isinstance(extra, dict):
+        p.error(f"--config-dict must be a YAML mapping of settings, got {args.config_dict!r}")
     quiet_library_warnings()
-    base = {"epochs": 1, "train_batch_size": 512, "MAX_ITEM_LIST_LENGTH": 50}
-    base |= yaml.safe_load(args.config_dict)
+    base = {"epochs": 1, "train_batch_size": 512, "MAX_ITEM_LIST_LENGTH": 50} | extra
     tiny = args.gpu_check and not torch.cuda.is_available()
     cells = gpu_cells(tiny) if args.gpu_check else CPU_CELLS
     if args.gpu_check and not tiny:

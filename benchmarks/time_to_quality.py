@@ -31,7 +31,7 @@ def curves(rows: pd.DataFrame) -> pd.DataFrame:
 def table(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
     ref = runs[runs["label"] == reference]
     if ref.empty:
-        raise SystemExit(f"no runs labelled {reference!r}; labels: {sorted(runs['label'].unique())}")
+        raise ValueError(f"no runs labelled {reference!r}; labels: {sorted(runs['label'].unique())}")
     target = float(np.mean([v.max() for v in ref["valid"]]))
     budget = float(np.mean([w[-1] for w in ref["wall"]]))
 
@@ -59,8 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, required=True, help="compare.py's results.csv")
     p.add_argument("--reference", default="SASRec", help="label whose best valid NDCG@10 is the target")
     args = p.parse_args(argv)
-    runs = curves(pd.read_csv(args.results))
-    summary = table(runs, args.reference)
+    try:
+        rows = pd.read_csv(args.results)
+        missing = sorted({"label", "seed", "valid_curve", "epoch_seconds"} - set(rows.columns))
+        if missing:
+            raise ValueError(f"{args.results}: no columns {missing}; is it compare.py's results.csv?")
+        runs = curves(rows)
+        summary = table(runs, args.reference)
+    except (OSError, ValueError, SyntaxError) as error:  # unreadable, empty or not compare's table
+        p.exit(2, f"time_to_quality: error: {error}\n")
     text = summary.to_markdown(index=False, floatfmt=".4g").replace("nan", "never") + "\n"
     (args.results.parent / "time_to_quality.md").write_text(text)
     fig = Figure(figsize=(6.5, 4))
