@@ -12,8 +12,9 @@ and :func:`recbole_srt.pipeline.run` check first:
   (an int is a number too); path settings hold paths, folders are no files, ``epochs`` is at least 1;
   ``valid_metric`` is one of the results RecBole computes;
 * :func:`check_model_settings`: the model's own check (SRT: :func:`recbole_srt.model.srt.check_config`);
-* :func:`load_dataset`: the dataset folder exists (or RecBole can download it), the catalog has at
-  least ``max(topk)`` items, and RecBole's split leaves no evaluated part empty.
+* :func:`load_dataset`: the dataset folder exists (or RecBole can download it), the time column is
+  loaded for a time-ordered split, the catalog has at least ``max(topk)`` items, and RecBole's split
+  leaves no evaluated part empty.
 """
 
 from __future__ import annotations
@@ -185,6 +186,13 @@ def load_dataset(config: Config):
         raise DatasetError(
             f"could not download RecBole's dataset {name!r} to {folder} ({error.reason})"
         ) from None
+    time_field = config["TIME_FIELD"]
+    if config["eval_args"]["order"] == "TO" and time_field not in dataset.inter_feat.columns:
+        raise DatasetError(
+            f"dataset {name}: its {time_field!r} column is not loaded, and the time-ordered split sorts by "
+            f"it; give the dataset's YAML (srt-prep writes {name}.yaml with its load_col) in config_files, "
+            "or add the column to load_col"
+        )
     n_items, k = dataset.item_num - 1, max(config["topk"])  # RecBole's Config makes topk a list
     if config["eval_type"] == EvaluatorType.RANKING and k > n_items:
         raise DatasetError(

@@ -459,6 +459,18 @@ def test_a_dataset_too_small_to_split_or_rank_is_refused_before_training(
     assert not (tmp_path / "saved").exists()
 
 
+def test_a_dataset_read_without_its_time_column_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(ItemEncoder, "encode", lambda *a: pytest.fail("encoded before the error"))
+    write_tiny_dataset(tmp_path)  # its tiny.yaml (load_col with the timestamp) is not passed
+    assert cli.main([*TINY_ARGS, f"--data_path={tmp_path}", f"--checkpoint_dir={tmp_path / 'saved'}"]) == 2
+    assert one_error(capsys, "run_recbole") == (
+        "dataset tiny: its 'timestamp' column is not loaded, and the time-ordered split sorts by it; "
+        "give the dataset's YAML (srt-prep writes tiny.yaml with its load_col) in config_files, or add the "
+        "column to load_col"
+    )
+    assert not (tmp_path / "saved").exists()
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
