@@ -180,11 +180,19 @@ def load_dataset(config: Config):
             f"no dataset folder {folder}: {name!r} is neither a folder under data_path "
             f"({os.path.dirname(folder)}) nor a dataset RecBole can download; srt-prep writes one"
         )
+    inter = Path(folder, f"{name}.inter")
+    if inter.is_file() and inter.stat().st_size == 0:
+        raise DatasetError(f"{inter}: empty file (an atomic file starts with its header line)")
     try:
         dataset = create_dataset(config)
     except urllib.error.URLError as error:
         raise DatasetError(
             f"could not download RecBole's dataset {name!r} to {folder} ({error.reason})"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"dataset {name}: its .inter or .item file in {folder} is not {error.encoding} text "
+            f"({error.reason})"
         ) from None
     time_field = config["TIME_FIELD"]
     if config["eval_args"]["order"] == "TO" and time_field not in dataset.inter_feat.columns:

@@ -459,6 +459,27 @@ def test_a_dataset_too_small_to_split_or_rank_is_refused_before_training(
     assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: b"", "{inter}: empty file (an atomic file starts with its header line)"),
+        (
+            lambda data: data.replace(b"u1\t", b"\xe9\t", 1),  # a Latin-1 byte
+            "dataset tiny: its .inter or .item file in {folder} is not utf-8 text "
+            "(invalid continuation byte)",
+        ),
+    ],
+    ids=["empty", "latin-1"],
+)
+def test_an_empty_or_undecodable_inter_file_is_one_line(tmp_path, capsys, damage, message) -> None:
+    folder = write_tiny_dataset(tmp_path)
+    inter = folder / "tiny.inter"
+    inter.write_bytes(damage(inter.read_bytes()))
+    argv = [*TINY_ARGS, f"--data_path={tmp_path}", f"--config_files={folder / 'tiny.yaml'}"]
+    assert cli.main([*argv, f"--checkpoint_dir={tmp_path / 'saved'}"]) == 2
+    assert one_error(capsys, "run_recbole") == message.format(inter=inter, folder=folder)
+
+
 def test_a_dataset_read_without_its_time_column_is_one_line(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(ItemEncoder, "encode", lambda *a: pytest.fail("encoded before the error"))
     write_tiny_dataset(tmp_path)  # its tiny.yaml (load_col with the timestamp) is not passed
