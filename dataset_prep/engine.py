@@ -139,6 +139,10 @@ class Engine:
                 f"the engine's temporary folder {self.folder} failed ({_first_line(err)}); free space there "
                 "or choose another --temp-dir"
             ) from None
+        except (duckdb.InterruptException, RuntimeError) as err:  # Ctrl-C inside a query: DuckDB's words
+            if isinstance(err, RuntimeError) and str(err) != "Query interrupted":
+                raise
+            raise KeyboardInterrupt from None
 
 
 def _first_line(err: BaseException) -> str:

@@ -84,6 +84,8 @@ def _item_texts(frame: pd.DataFrame, id_field: str, fields: Sequence[str], sourc
             f"{source}: text fields {list(fields)} not usable; the file has {list(frame.columns)}"
         )
     duplicates = int(frame.duplicated(id_field).sum())
+    if duplicates:
+        logger.warning("%s: %d repeated item ids, first row kept", source, duplicates)
     frame = frame.drop_duplicates(id_field)
     texts = [join_text(row) for row in frame[list(fields)].itertuples(index=False)]
     return ItemTexts(frame[id_field].tolist(), texts, list(fields), duplicates)
@@ -573,12 +575,9 @@ def load_item_features(config, dataset, encoder: ItemEncoder | None = None) -> t
         raise ItemFeatureError(f"missing_text must be 'empty' or 'error', got {policy!r}")
 
     def item_texts() -> ItemTexts:
-        texts = read_item_texts(
+        return read_item_texts(
             item_file, item_id, config["text_fields"], config["field_separator"], config["encoding"]
         )
-        if texts.duplicate_rows:
-            logger.warning("%s: %d repeated item ids, first row kept", item_file, texts.duplicate_rows)
-        return texts
 
     if config["item_feature_file"] is None:
         texts = item_texts()

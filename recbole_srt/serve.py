@@ -93,6 +93,8 @@ class Recommender:
         clash = [item for item in items if item in self._row]
         if clash:
             raise ServeError(f"already in the catalog: {clash[:10]}")
+        if "" in items:
+            raise ServeError("an item id cannot be empty")
         if not items:
             return
         new = torch.from_numpy(self.encoder.vectors(list(items.values()))).to(self.model.item_features)
@@ -128,7 +130,12 @@ class Recommender:
         scores = model.full_sort_predict(batch)[0].cpu()  # [N], padding -inf
         if exclude_history:
             scores[[self._row[item] for item in history]] = float("-inf")
-        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
+        left = int(torch.isfinite(scores).sum())
+        if left == 0:
+            raise ServeError(
+                "every catalog item is in the history: nothing left to recommend (include_history)"
+            )
+        top = torch.topk(scores, min(k, left))
         return [
             (self.item_ids[row - 1], float(score))
             for score, row in zip(top.values, top.indices.tolist(), strict=True)
@@ -156,7 +163,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--include-history", action="store_true", help="may recommend items of the history")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    ids = [item for item, _ in args.new_item]  # checked before anything is loaded
+    if "" in ids or len(set(ids)) < len(ids):
+        parser.error(f"--new-item ids must be non-empty and distinct, got {ids}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

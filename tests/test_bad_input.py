@@ -302,6 +302,26 @@ def test_a_malformed_catalog_line_names_the_file_and_line(trained, tmp_path, cap
         assert not list(catalog.parent.glob("*.srt-*"))  # refused before encoding: no cache written
 
 
+def test_new_item_ids_and_a_whole_catalog_history_are_checked(trained, tmp_path, capsys):
+    good, _ = trained
+    catalog = sci_catalog(tmp_path)
+    for new_items, ids in (
+        (["", "a red kazoo"], "['']"),
+        (["n1", "a", "--new-item", "n1", "b"], "['n1', 'n1']"),
+    ):
+        with pytest.raises(SystemExit):
+            recommend(good, catalog, "B0000223SI", "--new-item", *new_items)
+        assert capsys.readouterr().err.endswith(
+            f"error: --new-item ids must be non-empty and distinct, got {ids}\n"
+        )
+    recommender = serve.Recommender.from_checkpoint(good, catalog)
+    with pytest.raises(ValueError, match="an item id cannot be empty"):
+        recommender.add_items({"": "a red kazoo"})
+    with pytest.raises(ValueError, match="every catalog item is in the history"):
+        recommender.recommend(recommender.item_ids, k=3)
+    assert len(recommender.recommend(recommender.item_ids, k=3, exclude_history=False)) == 3
+
+
 def test_a_catalog_without_text_is_refused_and_a_partly_empty_one_warns(trained, tmp_path, capsys, caplog):
     good, _ = trained
     catalog = sci_catalog(tmp_path)

@@ -63,11 +63,12 @@ def test_default_text_fields_are_the_token_fields(tiny_dataset):
     assert texts.tokens[3] == "i3" and texts.texts[3] == "black pipette tips model 3. brand3"
 
 
-def test_repeated_item_rows_keep_the_first(tmp_path):
+def test_repeated_item_rows_keep_the_first(tmp_path, caplog):
     item = tmp_path / "x.item"
     item.write_text("item_id:token\ttitle:token_seq\na\tfirst\nb\tother\na\tsecond\n")
     texts = read_item_texts(item, "item_id")
     assert texts.tokens == ["a", "b"] and texts.texts == ["first", "other"] and texts.duplicate_rows == 1
+    assert f"{item}: 1 repeated item ids, first row kept" in caplog.text  # training and serving alike
 
 
 def test_rows_align_with_shuffled_internal_ids(tmp_path, counting_encoder):

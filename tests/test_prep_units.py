@@ -4,6 +4,7 @@ engine's interning and filters against plain-Python rules."""
 from __future__ import annotations
 
 import gzip
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,3 +250,14 @@ def test_missing_metadata_comes_before_excluded_users(engine: Engine) -> None:
         and dropped["missing_metadata"] == 2
         and dropped["excluded_user"] == 1
     )
+
+
+def test_ctrl_c_inside_an_engine_query_is_an_interrupt(tmp_path: Path) -> None:
+    """DuckDB turns SIGINT during a query into its own exception; the CLI must see a KeyboardInterrupt
+    (exit 130, "interrupted"), not an internal error."""
+    with Engine("256MB", tmp_path) as engine:
+        timer = threading.Timer(0.3, engine.con.interrupt)  # what DuckDB's SIGINT handler does
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            engine.rows("SELECT count(*) FROM range(100000000000) a WHERE a.range % 7 = 3")
+        timer.join()
