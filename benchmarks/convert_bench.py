@@ -20,6 +20,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import math
 import os
 import resource
 import shutil
@@ -162,6 +163,21 @@ def main() -> None:
         print(json.dumps(worker(args.folder, args.out, args.memory_limit)))
         return
 
+    # this checkout's, imported only here: a worker imports the converter it measures
+    from dataset_prep.engine import check_memory_limit
+    from dataset_prep.errors import PrepError
+
+    if min(args.rows) < 1 or not math.isfinite(args.zipf) or args.zipf < 0:
+        p.error("--rows must be at least 1 and --zipf a finite number >= 0")
+    if args.memory_limit:
+        try:
+            check_memory_limit(args.memory_limit)
+        except PrepError as error:
+            p.error(str(error))
+    if args.tmp is not None:
+        if not args.tmp.is_dir():
+            p.error(f"--tmp {args.tmp}: no such folder")
+        args.tmp = args.tmp.resolve()  # the workers run in their own folders
     limit = args.memory_limit or "default"
     print(
         f"synthetic 2018 ratings CSV, Zipf({args.zipf:g}) items, uniform users; convert with default options;"

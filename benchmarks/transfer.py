@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from matplotlib.ticker import MaxNLocator
 
 from dataset_prep import registry
 from dataset_prep.convert import ConvertOptions, convert
+from dataset_prep.errors import PrepError
 from dataset_prep.unisrec import import_unisrec
 from recbole_srt import finetune, make_config, run
 from recbole_srt.transfer import STRATEGIES
@@ -61,7 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0 = torch's default)")
     p.add_argument("--work", type=Path, default=Path("results/transfer/data"), help="converted data (cached)")
     p.add_argument("--out", type=Path, default=Path("results/transfer"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    counts = {"--min-inter": args.min_inter, "--pretrain-epochs": args.pretrain_epochs,
+              "--epochs": args.epochs, "--hidden-size": min(args.hidden_size), "--n-layers": args.n_layers,
+              "--max-seq-len": args.max_seq_len, "--batch-size": args.batch_size}  # fmt: skip
+    low = [name for name, value in counts.items() if value < 1]
+    if low:
+        p.error(f"{', '.join(low)} must be at least 1")
+    if args.threads < 0 or not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        p.error("--threads must be at least 0 and --learning-rate a positive number")
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file, not a folder")
+    return args
 
 
 def prepare_data(args: argparse.Namespace) -> tuple[Path, Path, dict]:
@@ -173,15 +187,24 @@ def write_results(rows: list[dict], header: list[str], out: Path) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        _main(args)
+    except (PrepError, ValueError, OSError) as error:  # bad data, settings or folders: one line
+        print(f"transfer: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     start = time.perf_counter()
 
     target_yaml, pretrain_yaml, report = prepare_data(args)
+    args.out.mkdir(parents=True, exist_ok=True)
     logger.info("pre-training mix: %s interactions, %s users, %s items", report["rows"]["kept"],
                 report["users"]["after"], report["items"]["after"])  # fmt: skip
     guard = report["users"]["excluded"], report["dropped"]["excluded_user"]
@@ -217,4 +240,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
