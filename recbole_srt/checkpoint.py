@@ -1,10 +1,9 @@
 """SRT's checkpoint format, and reading checkpoints without running code from them.
 
-RecBole's trainer pickles its whole ``Config`` into every checkpoint, so reading one back
-(``torch.load(weights_only=False)``) runs whatever code a crafted file holds. The trainers of this
-project (:class:`recbole_srt.trainer.EpochRecorder`: ``SRTTrainer`` and every trainer
-:func:`recbole_srt.pipeline.run` uses) write RecBole's checkpoint keys with weights-only-safe values
-only (:func:`write_checkpoint`), so ``torch.load(path, weights_only=True)`` reads them:
+RecBole's trainer pickles its whole ``Config`` into every checkpoint, so unpickling one in full runs
+whatever code a crafted file holds. With :mod:`recbole_srt.compat`, every RecBole trainer
+(``SRTTrainer``, RecBole's own, any subclass) writes RecBole's checkpoint keys with weights-only-safe
+values only (:func:`write_checkpoint`), so ``torch.load(path, weights_only=True)`` reads them:
 
 ======================  ==========================================================================
 ``format``              :data:`FORMAT`
@@ -100,26 +99,27 @@ def decode_config(values: dict, types: dict, parameters: dict) -> Config:
     return config
 
 
-def checkpoint_state(trainer, epoch: int) -> dict | None:
-    """What RecBole's ``Trainer._save_checkpoint`` saves, in :data:`FORMAT`; ``None`` when the config or
-    the model's ``other_parameter()`` holds something this format cannot (RecBole's format is used then)."""
-    encoded = encode_config(trainer.config)
-    other = trainer.model.other_parameter()
-    if encoded is None or not _plain(other, tensors=True):
-        return None
-    values, types = encoded
+def recbole_state(trainer, epoch: int) -> dict:
+    """The keys RecBole 1.2.1's ``Trainer._save_checkpoint`` saves besides ``config`` (live tensors)."""
     return {
-        "format": FORMAT,
-        "config": values,
-        "config_types": types,
-        "config_parameters": trainer.config.parameters,
         "epoch": epoch,
         "cur_step": trainer.cur_step,
         "best_valid_score": float(trainer.best_valid_score),
         "state_dict": trainer.model.state_dict(),
-        "other_parameter": other,
+        "other_parameter": trainer.model.other_parameter(),
         "optimizer": trainer.optimizer.state_dict(),
     }
+
+
+def checkpoint_state(trainer, epoch: int) -> dict | None:
+    """What RecBole's ``Trainer._save_checkpoint`` saves, in :data:`FORMAT`; ``None`` when the config or
+    the model's ``other_parameter()`` holds something this format cannot."""
+    encoded, state = encode_config(trainer.config), recbole_state(trainer, epoch)
+    if encoded is None or not _plain(state["other_parameter"], tensors=True):
+        return None
+    values, types = encoded
+    return {"format": FORMAT, "config": values, "config_types": types,
+            "config_parameters": trainer.config.parameters, **state}  # fmt: skip
 
 
 def write_checkpoint(state: dict, path: str | Path) -> None:

@@ -12,8 +12,8 @@ each with its reason (in full: ``docs/compat.md``) and a test in ``tests/test_co
   aliases, so a ``Config`` unpickled by ``load_data_and_model`` crashes ``NDCG``.
 * :func:`safe_recbole_checkpoints`: RecBole pickles its ``Config`` into every checkpoint, so its readers
   (``load_data_and_model``, ``resume_checkpoint``, ``evaluate``) run whatever code the file holds (torch
-  >= 2.6 refuses it). They read SRT's weights-only format instead, its config dict made a ``Config``
-  again; a full pickle only if this process's ``Trainer._save_checkpoint`` wrote the file.
+  >= 2.6 refuses it). Every trainer writes SRT's weights-only format instead and the readers read it,
+  its config dict made a ``Config`` again; no file is ever unpickled in full.
 * :func:`default_no_negatives_for_ce` (``Config._set_default_parameters``): RecBole ships
   ``train_neg_sample_args: uniform`` and then refuses it for its own CE models (SASRec's and BERT4Rec's
   default).
@@ -36,6 +36,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import contextvars
+import copy
 import importlib.metadata
 import os
 import sys
@@ -46,10 +47,10 @@ import recbole
 import recbole.trainer.trainer as recbole_trainer
 import torch
 from recbole.config import Config
-from recbole.utils import ModelType
+from recbole.utils import ModelType, set_color
 from torch.nn.parallel import DistributedDataParallel
 
-from recbole_srt.checkpoint import read_checkpoint
+from recbole_srt.checkpoint import checkpoint_state, read_checkpoint, recbole_state, write_checkpoint
 
 RECBOLE_VERSION = "1.2.1"
 # (distribution, first incompatible major version, why)
@@ -102,9 +103,10 @@ def numpy_aliases() -> None:
 
 
 _torch_load = torch.load
-_recbole_save_checkpoint = recbole_trainer.Trainer._save_checkpoint
-# Full pickles this process wrote (RecBole's own Trainer): real path -> (inode, size, mtime) at writing.
-_written_pickles: dict[str, tuple[int, int, int]] = {}
+# Checkpoints this process wrote in RecBole's full-pickle format (a config or model value SRT's format
+# cannot hold): real path -> (the file's inode, size and mtime at writing, a copy of what was saved).
+# RecBole's readers get that copy back; the file itself is never unpickled.
+_own_full_pickles: dict[str, tuple[tuple[int, int, int] | None, dict]] = {}
 
 
 def _identity(path: str | os.PathLike) -> tuple[str, tuple[int, int, int] | None]:
@@ -117,36 +119,46 @@ def _identity(path: str | os.PathLike) -> tuple[str, tuple[int, int, int] | None
 
 
 def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-    """RecBole's ``Trainer._save_checkpoint``; the file it writes may be read back in this process (until
-    anything changes it), so RecBole's own models still test their best epoch."""
-    path = kwargs.get("saved_model_file", self.saved_model_file)
-    before = _identity(path)[1]
-    _recbole_save_checkpoint(self, epoch, verbose=verbose, **kwargs)
-    real, after = _identity(path)
-    if after is not None and after != before:  # written now (a DDP rank > 0 writes nothing)
-        _written_pickles[real] = after
+    """``Trainer._save_checkpoint`` of every RecBole trainer: SRT's weights-only format, written atomically
+    (:mod:`recbole_srt.checkpoint`); RecBole's own format only when the config or model holds what that
+    format cannot, with an in-memory copy for this process to read back."""
+    if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        return
+    path = kwargs.pop("saved_model_file", self.saved_model_file)
+    state = checkpoint_state(self, epoch)
+    if state is not None:
+        write_checkpoint(state, path)
+    else:
+        state = {"config": self.config, **recbole_state(self, epoch)}
+        torch.save(state, path, pickle_protocol=4)  # RecBole's own layout and protocol
+        real, identity = _identity(path)
+        saved = copy.deepcopy({key: value for key, value in state.items() if key != "config"})  # not live
+        _own_full_pickles[real] = (identity, {"config": self.config, **saved})
+    if verbose:
+        self.logger.info(set_color("Saving current", "blue") + f": {path}")
 
 
 def _load_for_recbole(f, *args, **kwargs):
     """``torch.load``; for RecBole's checkpoint readers, :func:`recbole_srt.checkpoint.read_checkpoint`.
 
     A call made directly by a module of ``_RECBOLE_CHECKPOINT_READERS`` (as RecBole makes it: a path
-    and ``map_location``) reads SRT's weights-only format, or a full pickle that this process wrote
-    itself, unchanged since; anything else is a :class:`CheckpointError`. Every other
-    caller gets torch's own ``torch.load``.
+    and ``map_location``) reads SRT's weights-only format, or gets the copy of a full pickle this process
+    wrote, unchanged since; anything else is a :class:`CheckpointError`. Every other caller gets torch's
+    own ``torch.load``.
     """
     caller = sys._getframe(1).f_globals.get("__name__")
     recbole_call = isinstance(f, str | os.PathLike) and not args and set(kwargs) <= {"map_location"}
     if caller not in _RECBOLE_CHECKPOINT_READERS or not recbole_call:
         return _torch_load(f, *args, **kwargs)
     real, identity = _identity(f)
-    if identity is not None and _written_pickles.get(real) == identity:  # our own file, not a user's
-        return _torch_load(f, weights_only=False, **kwargs)
+    own = _own_full_pickles.get(real)
+    if own is not None and identity is not None and own[0] == identity:  # our own file, not a user's
+        return own[1]
     return read_checkpoint(f, kwargs.get("map_location"))
 
 
 def safe_recbole_checkpoints() -> None:
-    """RecBole's checkpoint readers never unpickle a file this process did not write (idempotent)."""
+    """No RecBole trainer writes, and no RecBole reader unpickles, a full pickle (idempotent)."""
     recbole_trainer.Trainer._save_checkpoint = _save_checkpoint
     torch.load = _load_for_recbole
 

@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from recbole.trainer import Trainer
-from recbole.utils import set_color
 
-from recbole_srt.checkpoint import checkpoint_state, write_checkpoint
 from recbole_srt.metrics import SAMPLED_KS, ranking_metrics, sampled_ranks
 from recbole_srt.optim import build_optimizer
 
@@ -117,20 +115,6 @@ class EpochRecorder:
         metrics = ranking_metrics(ranks, SAMPLED_KS, mrr_k=None)
         self.eval_sampled = {f"sampled_{k}": v for k, v in metrics.items()}
         return result
-
-    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        """RecBole's checkpoint in SRT's weights-only format (:mod:`recbole_srt.checkpoint`), written
-        atomically; RecBole's own format if the config or model holds what that format cannot."""
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
-            return
-        path = kwargs.pop("saved_model_file", self.saved_model_file)
-        state = checkpoint_state(self, epoch)
-        if state is None:
-            super()._save_checkpoint(epoch, verbose=verbose, saved_model_file=path)
-            return
-        write_checkpoint(state, path)
-        if verbose:
-            self.logger.info(set_color("Saving current", "blue") + f": {path}")
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)

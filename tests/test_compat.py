@@ -13,7 +13,8 @@ from conftest import tiny_config, write_tiny_dataset
 from recbole.config import Config
 from recbole.data import create_dataset
 
-from recbole_srt.checkpoint import CheckpointError
+from recbole_srt import compat
+from recbole_srt.checkpoint import FORMAT, CheckpointError
 from recbole_srt.compat import IncompatibleStackError, check_stack, ignoring_argv
 
 
@@ -159,14 +160,14 @@ def _sasrec_trainer(tmp_path):
     return Trainer(config, get_model("SASRec")(config, dataset))
 
 
-def test_recboles_loaders_unpickle_only_what_this_process_wrote(tmp_path):
-    """RecBole's own format (SASRec with RecBole's Trainer) still reloads in the process that wrote it;
-    a full pickle from anywhere else is refused unread."""
+def test_recboles_own_trainer_writes_weights_only_and_nothing_is_unpickled(tmp_path):
+    """RecBole's own Trainer (SASRec) writes SRT's weights-only format and reloads it; a full pickle from
+    anywhere else is refused unread."""
     trainer = _sasrec_trainer(tmp_path)
     written = tmp_path / "sasrec.pth"
     trainer._save_checkpoint(3, verbose=False, saved_model_file=str(written))
-    assert isinstance(torch.load(written, weights_only=False)["config"], Config)  # RecBole's full pickle
-    trainer.resume_checkpoint(written)  # written by this process: read
+    assert torch.load(written, weights_only=True)["format"] == FORMAT
+    trainer.resume_checkpoint(written)
     assert trainer.start_epoch == 4
 
     marker = tmp_path / "ran"
@@ -180,7 +181,20 @@ def test_recboles_loaders_unpickle_only_what_this_process_wrote(tmp_path):
         load_data_and_model(str(crafted))
     assert not marker.exists()
 
-    torch.save(torch.load(written, weights_only=False), written)  # rewritten by someone else: not ours now
+
+def test_a_config_the_safe_format_cannot_hold_is_read_back_from_memory_never_unpickled(tmp_path, monkeypatch):
+    """A config value that is no plain value (here an object a user put in config_dict) is written in
+    RecBole's own format; this process reads back its in-memory copy, and the file is never unpickled,
+    even by the process that wrote it."""
+    trainer = _sasrec_trainer(tmp_path)
+    trainer.config.final_config_dict["a_user_object"] = _Payload(tmp_path / "never")
+    written = tmp_path / "sasrec.pth"
+    trainer._save_checkpoint(3, verbose=False, saved_model_file=str(written))
+    monkeypatch.setattr(compat, "_torch_load", lambda *a, **k: pytest.fail("the file was unpickled"))
+    trainer.resume_checkpoint(written)
+    assert trainer.start_epoch == 4 and not (tmp_path / "never").exists()
+    monkeypatch.undo()
+    written.write_bytes(written.read_bytes())  # rewritten by someone else: not ours now
     with pytest.raises(CheckpointError, match="a full-pickle checkpoint"):
         trainer.resume_checkpoint(written)
 
