@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -14,14 +13,13 @@ from pathlib import Path
 
 from dataset_prep import registry
 from dataset_prep.engine import MEMORY_LIMIT
-from dataset_prep.errors import PrepError
+from dataset_prep.errors import DEBUG_ENV, PrepError, debug_requested
 from dataset_prep.filters import DEDUP_POLICIES, MISSING_POLICIES
 from dataset_prep.timestamps import ODD_POLICIES, UNITS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
-DEBUG_ENV = "SRT_DEBUG"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     Every failure is one ``srt-prep: error: ...`` line on stderr; ``--debug`` or ``SRT_DEBUG=1`` shows the
     traceback instead."""
     args = build_parser().parse_args(argv)
-    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    debug = args.debug or debug_requested()
     try:
         return args.run(args)
     except (Exception, KeyboardInterrupt) as err:  # each kind becomes one line unless debugging

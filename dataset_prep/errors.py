@@ -1,8 +1,17 @@
-"""The one error type of ``srt-prep``: unusable input, reported with file and line."""
+"""The one error type of ``srt-prep``: unusable input, reported with file and line; and the one rule
+every CLI of the project reads ``SRT_DEBUG`` by."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+DEBUG_ENV = "SRT_DEBUG"
+
+
+def debug_requested() -> bool:
+    """Whether ``SRT_DEBUG`` asks for tracebacks instead of one-line errors (set, and not ``0``)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 class PrepError(Exception):

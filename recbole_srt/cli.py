@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from collections.abc import Sequence
 
+from dataset_prep.errors import debug_requested
 from recbole_srt.overrides import known_config_keys, parse_overrides
 from recbole_srt.pipeline import make_config, run
 
@@ -47,8 +47,7 @@ class user_errors:  # noqa: N801  (used as a context manager, like contextlib's 
         return self
 
     def __exit__(self, kind, error, traceback) -> bool:
-        debug = os.environ.get("SRT_DEBUG", "") not in ("", "0")  # read as srt-prep reads it
-        if debug or not isinstance(error, (*USER_ERRORS, KeyboardInterrupt)):
+        if debug_requested() or not isinstance(error, (*USER_ERRORS, KeyboardInterrupt)):
             return False
         interrupted = isinstance(error, KeyboardInterrupt)
         print(f"{self.prog}: interrupted" if interrupted else f"{self.prog}: error: {error}", file=sys.stderr)
