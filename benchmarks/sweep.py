@@ -27,24 +27,16 @@ import warnings
 from importlib.resources import files
 from pathlib import Path
 
-from recbole_srt.cli import quiet_library_warnings
+import pandas as pd
+import ray
+from matplotlib.figure import Figure
+from ray import tune
+from ray.tune.result import AUTO_RESULT_KEYS
+from ray.tune.schedulers import ASHAScheduler
 
-quiet_library_warnings()  # before ray is imported: its pkg_resources warning comes at import
-import pandas as pd  # noqa: E402
-import ray  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from ray import air, tune  # noqa: E402
-from ray.tune.result import AUTO_RESULT_KEYS  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler  # noqa: E402
-
-from recbole_srt.analysis import EPOCH_COLUMNS, json_ready  # noqa: E402
-from recbole_srt.overrides import (  # noqa: E402
-    OverrideError,
-    apply_overrides,
-    parse_overrides,
-    read_config_file,
-)
-from recbole_srt.sweep import run_trial  # noqa: E402
+from recbole_srt.analysis import EPOCH_COLUMNS, json_ready
+from recbole_srt.overrides import OverrideError, apply_overrides, parse_overrides, read_config_file
+from recbole_srt.sweep import run_trial
 
 DEFAULTS: dict = {
     "name": "sweep",
@@ -224,11 +216,11 @@ def make_tuner(preset: dict, grid: list[dict], storage: Path, name: str, resume:
             trial_name_creator=_trial_label,
             trial_dirname_creator=_trial_label,
         ),
-        run_config=air.RunConfig(
+        run_config=tune.RunConfig(
             name=name,
             storage_path=str(storage),
-            failure_config=air.FailureConfig(max_failures=preset["retries"]),
-            checkpoint_config=air.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=preset["retries"]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[TrialLines(preset["metric"])],
             verbose=0,  # TrialLines prints the progress
         ),

@@ -60,12 +60,6 @@ class user_errors:  # noqa: N801  (used as a context manager, like contextlib's 
 
 def quiet_library_warnings() -> None:
     """Silence the harmless warnings RecBole's stack prints on every run (and only those)."""
-    recbole_pandas = ("A value is trying to be set on a copy", "using <built-in function len> in Series.agg")
-    # ray 2.6.3 imports pkg_resources (setuptools < 82 still has it, with this warning).
-    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning, r"ray\.")
-    # RecBole 1.2.1's fillna(inplace=True) and Series.agg(len) (correct on pandas < 3, which compat enforces).
-    for message in recbole_pandas:
-        warnings.filterwarnings("ignore", message, FutureWarning, r"recbole\.data")
     # RecBole's trainer builds torch.cuda.amp.GradScaler, deprecated for torch.amp.GradScaler.
     warnings.filterwarnings("ignore", r"`torch\.cuda\.amp\.GradScaler", FutureWarning, r"recbole\.trainer")
 

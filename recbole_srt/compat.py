@@ -1,15 +1,22 @@
 """RecBole 1.2.1 on today's Python stack: the one place that patches RecBole.
 
-RecBole 1.2.1 (2023) predates numpy 2, pandas 3, setuptools 82, pyarrow 26 and torch 2.6, and has
-no plugin hook for a model's YAML. Every change this project makes to RecBole's behaviour is here,
-each with its reason (in full: ``docs/compat.md``) and a test in ``tests/test_compat.py``:
+RecBole 1.2.1 (2023) predates numpy 2, pandas 3, Ray's Tune API of 2.4x and later, hyperopt 0.3 and
+torch 2.6, and has no plugin hook for a model's YAML. Every change this project makes to RecBole's
+behaviour is here, each with its reason (in full: ``docs/compat.md``) and a test in
+``tests/test_compat.py`` that fails without it. (:mod:`recbole_srt.stack` checks, before RecBole is
+imported, that RecBole 1.2.1 is installed.)
 
-* :func:`check_stack` refuses numpy>=2, pandas>=3, setuptools>=82, pyarrow>=26 and RecBole != 1.2.1
-  (pinned in setup.py): RecBole's ``np.float_`` and ray's ``np.bool8``; Copy-on-Write makes RecBole's
-  ``fillna(inplace=True)`` a no-op (ids become -2**63, silently); ray needs ``pkg_resources``; pyarrow 26
-  needs numpy 2; the patches below are written against RecBole 1.2.1's source.
-* :func:`numpy_aliases`: RecBole's metrics use ``np.float`` & co., which only ``Config.__init__``
-  aliases, so a ``Config`` unpickled by ``load_data_and_model`` crashes ``NDCG``.
+* :func:`numpy_aliases` (``Config.compatibility_settings``): RecBole aliases ``np.float`` & co. from
+  ``np.float_``, ``np.complex_`` and ``np.unicode_``, which numpy 2 removed; and only ``Config.__init__``
+  installs them, so a ``Config`` unpickled by ``load_data_and_model`` crashes ``NDCG``.
+* :func:`pandas_copy_on_write` (``Dataset._fill_nan``, ``pd.read_csv`` in ``Dataset._load_feat``): pandas
+  3's Copy-on-Write makes RecBole's ``df[field].fillna(..., inplace=True)`` a no-op, so an empty
+  sequence cell crashes loading and a missing token or float is corrupted, silently.
+* :func:`series_agg_by_cell` (``Series.agg`` called from RecBole): pandas 3 applies ``agg(len)`` to the
+  whole column, not to each sequence cell, so every sequence field is split wrongly.
+* :func:`tune_report_dict` (``tune.report`` in ``objective_function``) and :func:`hyperopt_generator`
+  (``exhaustive_search``): Ray's ``tune.report`` takes a dict since 2.7, and hyperopt 0.3 draws with
+  ``Generator.integers``, not a ``RandomState``.
 * :func:`safe_recbole_checkpoints`: RecBole pickles its ``Config`` into every checkpoint, so its readers
   (``load_data_and_model``, ``resume_checkpoint``, ``evaluate``) run whatever code the file holds (torch
   >= 2.6 refuses it). Every trainer writes SRT's weights-only format instead and the readers read it,
@@ -37,29 +44,27 @@ import ast
 import contextlib
 import contextvars
 import copy
-import importlib.metadata
 import os
 import sys
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import recbole
+import recbole.data.dataset.dataset as recbole_dataset
+import recbole.quick_start.quick_start as recbole_quick_start
+import recbole.trainer.hyper_tuning as recbole_hyper_tuning
 import recbole.trainer.trainer as recbole_trainer
 import torch
 from recbole.config import Config
-from recbole.utils import ModelType, set_color
+from recbole.data.dataset import Dataset
+from recbole.utils import FeatureType, ModelType, set_color
 from torch.nn.parallel import DistributedDataParallel
 
 from recbole_srt.checkpoint import checkpoint_state, read_checkpoint, recbole_state, write_checkpoint
-
-RECBOLE_VERSION = "1.2.1"
-# (distribution, first incompatible major version, why)
-_UPPER_BOUNDS: tuple[tuple[str, int, str], ...] = (
-    ("numpy", 2, "RecBole 1.2.1 uses np.float_ and ray 2.6.3 uses np.bool8, both removed in numpy 2"),
-    ("pandas", 3, "pandas 3 Copy-on-Write makes RecBole's fillna(inplace=True) a no-op: data is corrupted"),
-    ("setuptools", 82, "setuptools 82 removed pkg_resources, which ray 2.6.3 imports"),
-    ("pyarrow", 26, "pyarrow 26 requires numpy 2, which RecBole 1.2.1 cannot use"),
-)
 
 # RecBole modules that torch.load checkpoints (Trainer.resume_checkpoint,
 # Trainer.evaluate(load_best_model=True), quick_start.load_data_and_model).
@@ -67,39 +72,163 @@ _RECBOLE_CHECKPOINT_READERS = ("recbole.trainer.trainer", "recbole.quick_start.q
 _OVERALL_YAML = (Path(recbole.__file__).parent / "properties" / "overall.yaml").resolve()
 
 
-class IncompatibleStackError(RuntimeError):
-    """An installed package version that RecBole 1.2.1 cannot run correctly with."""
+class ModuleView:
+    """What one RecBole module sees as a library: the library itself, with a few names replaced.
 
-
-def check_stack(versions: Callable[[str], str] = importlib.metadata.version) -> None:
-    """Refuse to run on a dependency version known to break or silently corrupt RecBole 1.2.1.
-
-    Raises:
-        IncompatibleStackError: naming every offending package, why, and the pip command that fixes it.
+    Setting ``recbole_module.pd = ModuleView(pd, read_csv=...)`` changes ``pd.read_csv`` for that module's
+    code alone; every other name, and every other module, gets the library unchanged.
     """
-    problems = []
-    for dist, bad_major, why in _UPPER_BOUNDS:
-        try:
-            installed = versions(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        if int(installed.split(".")[0]) >= bad_major:
-            problems.append((f"{dist}=={installed}: {why}", f"'{dist}<{bad_major}'"))
-    installed = versions("recbole")
-    if installed != RECBOLE_VERSION:
-        why = f"recbole-srt patches RecBole {RECBOLE_VERSION}'s internals (recbole_srt/compat.py)"
-        problems.append((f"recbole=={installed}: {why}", f"recbole=={RECBOLE_VERSION}"))
-    if problems:
-        raise IncompatibleStackError(
-            "recbole-srt cannot run RecBole correctly with:\n"
-            + "\n".join(f"  {line}" for line, _ in problems)
-            + f"\nFix: pip install {' '.join(fix for _, fix in problems)}"
-        )
+
+    def __init__(self, library: ModuleType | ModuleView, **replaced):
+        self._library, self._replaced = library, replaced
+
+    def __getattr__(self, name: str):
+        return self._replaced[name] if name in self._replaced else getattr(self._library, name)
+
+
+def _library(view: ModuleType | ModuleView) -> ModuleType | ModuleView:
+    """The library behind ``view`` (idempotent patches wrap the original, never a view)."""
+    return view._library if isinstance(view, ModuleView) else view
+
+
+# The numpy names RecBole 1.2.1 uses that numpy 2 (or 1.24) removed, as Config.compatibility_settings
+# defines them, but from names numpy 2 still has.
+_NUMPY_ALIASES = {
+    "bool": np.bool_,
+    "int": np.int_,
+    "float": np.float64,
+    "complex": np.complex128,
+    "object": np.object_,
+    "str": np.str_,
+    "long": np.int_,
+    "unicode": np.str_,
+}
+
+
+_recbole_compatibility_settings = Config.compatibility_settings
+
+
+def _compatibility_settings(self: Config | None = None) -> None:
+    for name, value in _NUMPY_ALIASES.items():
+        if name not in np.__dict__:  # np.bool and np.long are numpy 2 names again: left alone
+            setattr(np, name, value)
 
 
 def numpy_aliases() -> None:
-    """Install the numpy aliases RecBole 1.2.1 relies on, as ``Config.compatibility_settings`` does."""
-    Config.compatibility_settings(None)
+    """Install the aliases RecBole 1.2.1 relies on now (and whenever RecBole builds a ``Config``)."""
+    Config.compatibility_settings = _compatibility_settings
+    _compatibility_settings()
+
+
+def _read_csv_filling_sequences(*args, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` for ``Dataset._load_feat``: empty ``token_seq``/``float_seq`` cells read as ``""``.
+
+    ``_load_feat`` reads with the atomic file's header names (``field:type``) and then calls
+    ``df[field].fillna(value="", inplace=True)`` on each sequence column, a no-op under Copy-on-Write,
+    before splitting every cell; this does that fill, on the frame itself.
+    """
+    df = pd.read_csv(*args, **kwargs)
+    sequences = [column for column in df.columns if str(column).rsplit(":", 1)[-1].endswith("seq")]
+    if sequences:
+        df[sequences] = df[sequences].fillna("")
+    return df
+
+
+_recbole_fill_nan = Dataset._fill_nan
+
+
+def _fill_nan(self: Dataset) -> None:
+    """``Dataset._fill_nan`` (missing token -> 0, the padding id; missing float -> the field's mean; missing
+    sequence -> an empty array), written as column assignments, which Copy-on-Write keeps."""
+    for feat_name in self.feat_name_list:
+        feat = getattr(self, feat_name)
+        for field in feat:
+            ftype = self.field2type[field]
+            if ftype == FeatureType.TOKEN:
+                feat[field] = feat[field].fillna(value=0)
+            elif ftype == FeatureType.FLOAT:
+                feat[field] = feat[field].fillna(value=feat[field].mean())
+            else:
+                empty = np.array([], dtype=np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64)
+                feat[field] = [empty.copy() if isinstance(x, float) else x for x in feat[field]]
+
+
+class _OwnedColumns:
+    """A DataFrame as ``Dataset._dataframe_to_interaction`` reads it (``for k in data``, ``data[k].values``),
+    each column a writable array of its own: under Copy-on-Write ``.values`` is a read-only view of memory
+    other frames may share, which torch would wrap (warning that it is not writable) instead of owning."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self._frame = frame
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._frame.columns)
+
+    def __getitem__(self, column: str) -> SimpleNamespace:
+        return SimpleNamespace(values=self._frame[column].to_numpy(copy=True))
+
+
+_recbole_dataframe_to_interaction = Dataset._dataframe_to_interaction
+
+
+def _dataframe_to_interaction(self: Dataset, data):
+    columns = _OwnedColumns(data) if isinstance(data, pd.DataFrame) else data
+    return _recbole_dataframe_to_interaction(self, columns)
+
+
+def pandas_copy_on_write() -> None:
+    """RecBole's two chained in-place fills, made effective under pandas 3 (and unchanged under pandas 2),
+    and its tensors made from columns given memory of their own.
+
+    The fills are RecBole 1.2.1's only chained in-place writes to a DataFrame column in its data path (its
+    other ``inplace=True`` calls are on whole frames, which Copy-on-Write keeps).
+    """
+    recbole_dataset.pd = ModuleView(_library(recbole_dataset.pd), read_csv=_read_csv_filling_sequences)
+    Dataset._fill_nan = _fill_nan
+    Dataset._dataframe_to_interaction = _dataframe_to_interaction
+
+
+_series_agg = pd.Series.agg
+
+
+def _agg_for_recbole(self: pd.Series, func=None, *args, **kwargs):
+    """``Series.agg`` as pandas 2 ran a function for RecBole: cell by cell if it can, else on the whole.
+
+    RecBole writes ``feat[field].agg(len)`` for the length of every sequence cell; pandas 3 returns the
+    length of the column instead. Calls from other modules get pandas' own ``agg``.
+    """
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    if not (caller.startswith("recbole.") and callable(func) and not args and not kwargs):
+        return _series_agg(self, func, *args, **kwargs)
+    try:
+        return self.apply(func)
+    except (ValueError, AttributeError, TypeError):  # pandas 2's fallback, e.g. np.concatenate of a cell
+        return func(self)
+
+
+def series_agg_by_cell() -> None:
+    """RecBole's ``Series.agg(len)`` and ``Series.agg(np.concatenate)`` keep their pandas 2 meaning."""
+    pd.Series.agg = _agg_for_recbole
+
+
+def _report_keywords(**metrics) -> None:
+    """Ray < 2.7's ``tune.report(**metrics)`` on today's ``tune.report(metrics)``; outside a Tune trial
+    (RecBole's hyperopt search calls it in-process) a no-op, as it was, without Ray's misuse warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`report` is meant to only be called", UserWarning)
+        _library(recbole_quick_start.tune).report(metrics)
+
+
+def tune_report_dict() -> None:
+    """RecBole's ``objective_function`` reports its test result with Ray's pre-2.7 keyword call."""
+    recbole_quick_start.tune = ModuleView(_library(recbole_quick_start.tune), report=_report_keywords)
+
+
+def hyperopt_generator() -> None:
+    """RecBole's exhaustive search draws with a ``RandomState``; hyperopt 0.3 calls ``rng.integers``."""
+    numpy = _library(recbole_hyper_tuning.np)
+    random = ModuleView(numpy.random, RandomState=numpy.random.default_rng)
+    recbole_hyper_tuning.np = ModuleView(numpy, random=random)
 
 
 _torch_load = torch.load
@@ -299,9 +428,12 @@ def ddp_on_cpu() -> None:
 
 
 def apply() -> None:
-    """Check the stack, then patch what a pin cannot fix."""
-    check_stack()
+    """Patch RecBole 1.2.1 (:func:`recbole_srt.stack.check_stack` has checked that it is that version)."""
     numpy_aliases()
+    pandas_copy_on_write()
+    series_agg_by_cell()
+    tune_report_dict()
+    hyperopt_generator()
     safe_recbole_checkpoints()
     default_no_negatives_for_ce()
     scoped_argv()

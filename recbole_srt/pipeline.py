@@ -312,11 +312,12 @@ def run(
         if trainer.best_valid_result is not None:  # this stage improved on the best so far
             best_score, best_valid = trainer.best_valid_score, trainer.best_valid_result
     set_trainable(model, ("",))
-    record.best_valid = dict(best_valid or {})
+    record.best_valid = {key: float(value) for key, value in (best_valid or {}).items()}
     record.checkpoint = checkpoint if saved else None
     if evaluate_test:
         loaded = saved and os.path.isfile(checkpoint)
-        record.test = dict(trainer.evaluate(test_data, load_best_model=loaded, model_file=checkpoint))
+        test = trainer.evaluate(test_data, load_best_model=loaded, model_file=checkpoint)
+        record.test = {key: float(value) for key, value in test.items()}
         record.test_sampled = trainer.eval_sampled
     record.wall_s = time.perf_counter() - start
     record.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

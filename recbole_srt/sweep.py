@@ -26,8 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from ray.air import session
-from ray.air.checkpoint import Checkpoint
+from ray import tune
 
 import recbole_srt  # noqa: F401  (registers SRT with RecBole in this worker process)
 from recbole_srt.pipeline import Run, make_config, run
@@ -80,12 +79,12 @@ def recbole_settings(spec: dict) -> dict:
 def _report(row: dict, trainer, progress: Progress, epoch: int, checkpoint: bool) -> None:
     """Send one row to Ray Tune, with a checkpoint (model + progress) when ``checkpoint``."""
     if not checkpoint:
-        session.report(row)
+        tune.report(row)
         return
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as folder:
         trainer._save_checkpoint(epoch, verbose=False, saved_model_file=os.path.join(folder, CHECKPOINT_FILE))
         Path(folder, PROGRESS_FILE).write_text(json.dumps(asdict(progress)))
-        session.report(row, checkpoint=Checkpoint.from_directory(folder))
+        tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def run_trial(config: dict) -> None:
@@ -97,7 +96,7 @@ def run_trial(config: dict) -> None:
     setup_start = time.perf_counter()
     recbole_config = make_config(spec["model"], spec["dataset"], spec["config_files"], recbole_settings(spec))
 
-    checkpoint = session.get_checkpoint()
+    checkpoint = tune.get_checkpoint()
     with contextlib.ExitStack() as stack:
         progress, resume = Progress(), None
         if checkpoint is not None:

@@ -1,4 +1,13 @@
-"""Shared fixtures: a tiny RecBole atomic dataset with item text, and SRT built from features alone."""
+"""Shared fixtures: a tiny RecBole atomic dataset with item text, SRT built from features alone, and the real
+data sets the preparation tests read.
+
+Real data comes in two sizes. Small real slices of the three raw data sets ship in ``tests/data/`` (cut by
+``tests/data/make_slices.py``), so every test runs on a bare clone. The full public files are read only
+through the environment variable ``RECBOLE_SRT_TEST_DATA``: a folder laid out like ``tests/data/`` (one
+sub-folder per data set, the files as their publishers ship them). Tests that recompute their expectations
+from the raw files take the fixtures ``magazine``, ``music`` and ``scientific``, which run each such test on
+the slice and, marked ``real_data``, on the full files; without the variable the full-data runs are skipped.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +26,11 @@ from recbole_srt.model.srt import SRT
 from recbole_srt.registration import plugin_yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SLICES = REPO / "tests" / "data"  # small real slices of the raw data sets, shipped with the tests
+TEST_DATA_ENV = "RECBOLE_SRT_TEST_DATA"  # names a folder of the full public files, laid out like SLICES
+MAGAZINE = "amazon2018-magazine-subscriptions"
+MUSIC = "amazon2014-digital-music-truncated"
+SCIENTIFIC = "scientific-unisrec"
 
 # Encoded vectors go to one store per test session (the real encoder's; fake encoders get their own,
 # see test_features.counting_encoder), inherited by the CLIs the tests start; never the user's own.
@@ -28,6 +41,75 @@ torch.set_num_threads(1)
 
 _COLOURS = ["red", "blue", "green", "black", "white", "silver"]
 _THINGS = ["guitar strings", "microscope slide", "lab goggles", "pipette tips", "drum sticks", "beaker set"]
+
+
+def full_data(name: str) -> Path:
+    """The full public data set ``name``: ``$RECBOLE_SRT_TEST_DATA/name``; skips the test without it."""
+    root = os.environ.get(TEST_DATA_ENV, "")
+    if not root:
+        pytest.skip(f"needs the full data set {name}: set {TEST_DATA_ENV} to the folder holding {name}/")
+    folder = Path(root).absolute() / name
+    if not folder.is_dir():
+        pytest.skip(f"needs the full data set {name}: no folder {folder} (from {TEST_DATA_ENV}={root})")
+    return folder
+
+
+# The two sizes a real-data fixture runs a test on: the shipped slice, and the full files (marked real_data).
+_SIZES = [pytest.param("slice", id="slice"), pytest.param("full", id="full", marks=pytest.mark.real_data)]
+
+
+def _real_data(request: pytest.FixtureRequest, name: str) -> Path:
+    return SLICES / name if request.param == "slice" else full_data(name)
+
+
+@pytest.fixture(params=_SIZES)
+def magazine(request) -> Path:
+    """The folder of the 2018 Magazine_Subscriptions files (ratings CSV, metadata): slice, then full."""
+    return _real_data(request, MAGAZINE)
+
+
+@pytest.fixture(params=_SIZES)
+def music(request) -> Path:
+    """The folder of the 2014 Digital_Music 5-core reviews and metadata, both gzip streams cut off mid-way
+    as published: slice, then full."""
+    return _real_data(request, MUSIC)
+
+
+@pytest.fixture(params=_SIZES)
+def scientific(request) -> Path:
+    """The folder of UniSRec's Scientific files (three splits, two indexes, item text): slice, then full."""
+    return _real_data(request, SCIENTIFIC)
+
+
+# Reads outside the clone: any file opened under the clone's parent folder but not inside the clone (a
+# sibling folder, which a user's clone does not have), unless it lies in $RECBOLE_SRT_TEST_DATA or in the
+# Python installation running the tests. Each test that makes one fails, naming the paths.
+_PARENT, _OUTSIDE_READS = str(REPO.parent) + os.sep, []
+_ALLOWED = [str(REPO) + os.sep, *{os.path.abspath(p) + os.sep for p in (sys.prefix, sys.base_prefix)}]
+
+
+def _audit_opens(event: str, args: tuple) -> None:
+    if event != "open" or not isinstance(args[0], str | bytes | os.PathLike):
+        return
+    path = os.path.abspath(os.fsdecode(args[0]))
+    allowed = [
+        *_ALLOWED,
+        *([os.path.abspath(os.environ[TEST_DATA_ENV]) + os.sep] if os.environ.get(TEST_DATA_ENV) else []),
+    ]
+    if path.startswith(_PARENT) and not any(path.startswith(a) or path + os.sep == a for a in allowed):
+        _OUTSIDE_READS.append(path)
+
+
+sys.addaudithook(_audit_opens)
+
+
+@pytest.fixture(autouse=True)
+def _no_reads_outside_the_clone():
+    """A test that reads a file beside the clone fails: a user's clone has nothing beside it."""
+    del _OUTSIDE_READS[:]
+    yield
+    if _OUTSIDE_READS:
+        pytest.fail(f"read outside the repository without ${TEST_DATA_ENV}: {sorted(set(_OUTSIDE_READS))}")
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """Bad input to run_recbole, srt-finetune and srt-recommend: one line ``prog: error: ...``, exit 2,
 no code run from a file, nothing encoded or written first, previous outputs intact.
 
-Broken catalogs and datasets are derived in tmp_path from the real files of ``shared/data``.
+Broken catalogs and datasets are derived in tmp_path from the real files of the slices in ``tests/data``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, tiny_config, write_tiny_dataset
+from conftest import SLICES, tiny_config, write_tiny_dataset
 from recbole.config import Config
 
 import recbole_srt.checks
@@ -24,8 +24,8 @@ from recbole_srt.checkpoint import FORMAT, encode_config, load_srt_checkpoint, w
 from recbole_srt.features import ItemEncoder
 from recbole_srt.pipeline import run
 
-SCIENTIFIC_TEXT = SHARED_DATA / "scientific-unisrec" / "Scientific.text"
-MAGAZINE = SHARED_DATA / "amazon2018-magazine-subscriptions" / "Magazine_Subscriptions.csv.gz"
+SCIENTIFIC_TEXT = SLICES / "scientific-unisrec" / "Scientific.text"
+MAGAZINE = SLICES / "amazon2018-magazine-subscriptions" / "Magazine_Subscriptions.csv.gz"
 FULL_PICKLE = (
     "a full-pickle checkpoint (RecBole's own format, or SRT's before recbole-srt/1); not read, since "
     "unpickling it can run arbitrary code. Train it again with recbole-srt (weights-only)"
@@ -412,17 +412,19 @@ def test_run_recbole_refuses_bad_settings_before_loading_or_encoding(
     ).read_bytes() == (b"a previous run's checkpoint")
 
 
-def _magazine_dataset(root: Path, name: str, keep) -> Path:
-    """A RecBole dataset of the real Magazine_Subscriptions ratings that ``keep(rows)`` picks."""
+def _magazine_dataset(root: Path, name: str, keep) -> tuple[Path, list[list[str]]]:
+    """A RecBole dataset of the real Magazine_Subscriptions ratings that ``keep(rows)`` picks; its folder and
+    those rows."""
     with gzip.open(MAGAZINE, "rt", encoding="utf-8") as f:
         rows = [line.split(",") for line in f.read().splitlines()]  # item, user, rating, time
+    kept = keep(rows)
     folder = root / name
     folder.mkdir()
     lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
-    lines += [f"{user}\t{item}\t{rating}\t{time}" for item, user, rating, time in keep(rows)]
+    lines += [f"{user}\t{item}\t{rating}\t{time}" for item, user, rating, time in kept]
     (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
     (folder / f"{name}.yaml").write_text("load_col:\n  inter: [user_id, item_id, rating, timestamp]\n")
-    return folder
+    return folder, kept
 
 
 def _users_with(n: int, limit: int | None = None):
@@ -448,7 +450,12 @@ TOO_FEW = "too few interactions per user; add data or keep longer histories (use
 @pytest.mark.parametrize(
     ("keep", "args", "message"),
     [
-        (_users_with(2), [], f"{SPLIT} validation set empty (7994 users, 15988 interactions): {TOO_FEW}"),
+        # {users} and {rows}: counted in the rows written (7994 and 15988 in the full Magazine file)
+        (
+            _users_with(2),
+            [],
+            f"{SPLIT} validation set empty ({{users}} users, {{rows}} interactions): {TOO_FEW}",
+        ),
         (
             _users_with(3, limit=1),
             ["--topk=[1]", "--valid_metric=NDCG@1"],
@@ -467,7 +474,8 @@ def test_a_dataset_too_small_to_split_or_rank_is_refused_before_training(
     tmp_path, capsys, monkeypatch, keep, args, message
 ):
     monkeypatch.setattr(ItemEncoder, "encode", lambda *a: pytest.fail("encoded before the error"))
-    folder = _magazine_dataset(tmp_path, "magazine", keep)
+    folder, rows = _magazine_dataset(tmp_path, "magazine", keep)
+    message = message.replace("{users}", str(len({row[1] for row in rows}))).replace("{rows}", str(len(rows)))
     argv = [
         *TINY_ARGS,
         "--dataset=magazine",

@@ -1,38 +1,102 @@
-"""The compatibility layer: each shim or pin has a test that fails without it."""
+"""The compatibility layer: each patch has a test that fails without it (most show so by undoing it)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import recbole.data.dataset.dataset as recbole_dataset
+import recbole.quick_start.quick_start as recbole_quick_start
+import recbole.trainer.hyper_tuning as recbole_hyper_tuning
 import torch
 from conftest import tiny_config, write_tiny_dataset
+from dataset_digest import MAGAZINE, convert_magazine, digest, load
+from packaging.version import Version
 from recbole.config import Config
 from recbole.data import create_dataset
+from recbole.data.dataset import Dataset
 
 from recbole_srt import compat
 from recbole_srt.checkpoint import FORMAT, CheckpointError
-from recbole_srt.compat import IncompatibleStackError, check_stack, ignoring_argv
+from recbole_srt.compat import ignoring_argv
+from recbole_srt.stack import IncompatibleStackError, check_stack
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "compat" / "reference.json").read_text())
 
 
 def versions_with(**overrides):
-    return lambda dist: overrides.get(dist, importlib.metadata.version(dist))
+    def version(dist: str) -> str:
+        if overrides.get(dist, "") is None:
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return overrides.get(dist) or importlib.metadata.version(dist)
+
+    return version
 
 
 def test_installed_stack_passes():
     check_stack()
 
 
-@pytest.mark.parametrize(
-    ("dist", "version"),
-    [("pandas", "3.0.0"), ("numpy", "2.1.0"), ("setuptools", "82.0.0"), ("pyarrow", "26.0.0")],
-)
-def test_stack_known_to_break_recbole_is_refused(dist, version):
-    with pytest.raises(IncompatibleStackError, match=rf"(?s){dist}=={version}: .*pip install '{dist}<"):
-        check_stack(versions_with(**{dist: version}))
+def test_the_suite_runs_on_todays_stack():
+    """What CI installs: numpy 2, pandas 3 and Ray's dict-taking tune.report (2.41+)."""
+    installed = {dist: Version(importlib.metadata.version(dist)) for dist in ("numpy", "pandas", "ray")}
+    assert installed["numpy"].major >= 2 and installed["pandas"].major >= 3, installed
+    assert installed["ray"] >= Version("2.41"), installed
+
+
+def test_missing_recbole_says_how_to_install_it():
+    with pytest.raises(
+        IncompatibleStackError, match=r"not installed; .*pip install --no-deps recbole==1\.2\.1"
+    ):
+        check_stack(versions_with(recbole=None))
+
+
+def test_recbole_other_than_the_patched_version_is_refused():
+    with pytest.raises(
+        IncompatibleStackError, match=r"recbole==1\.3\.0 is installed; fix: pip install --no-deps"
+    ):
+        check_stack(versions_with(recbole="1.3.0"))
+
+
+@pytest.fixture(scope="module")
+def magazine_yaml(tmp_path_factory) -> Path:
+    return convert_magazine(tmp_path_factory.mktemp("digest"))
+
+
+@pytest.mark.parametrize("case", ["ml-100k", "magazine", "magazine-holes"])
+def test_loaded_data_is_what_recbole_loaded_on_numpy1_pandas2(case, magazine_yaml, monkeypatch):
+    """Every id, value and token RecBole loads equals what RecBole 1.2.1 loaded, unpatched, on numpy 1.26.4
+    and pandas 2.3.3 (tests/data/compat/reference.json, made by tests/dataset_digest.py)."""
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    files = {p.name: p for p in magazine_yaml.parent.glob(f"{MAGAZINE}.i*")}
+    assert {name: compat_hash(path) for name, path in files.items()} == REFERENCE["converted-files"]
+    got, expected = digest(load(case, magazine_yaml)), REFERENCE[case]
+    assert [key for key in expected if got.get(key) != expected[key]] == [] and set(got) == set(expected)
+
+
+def compat_hash(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_without_the_fill_patches_pandas3_crashes_or_corrupts(magazine_yaml, monkeypatch):
+    """RecBole's own fills are no-ops under Copy-on-Write: an empty text cell crashes loading, and a
+    missing item row's tokens are corrupted (-2**63)."""
+    monkeypatch.setattr(recbole_dataset, "pd", pd)
+    with pytest.raises(AttributeError, match="'float' object has no attribute 'split'"):
+        load("magazine", magazine_yaml)
+    monkeypatch.undo()
+    monkeypatch.setattr(Dataset, "_fill_nan", compat._recbole_fill_nan)
+    holes = load("magazine-holes", magazine_yaml)
+    assert holes.item_feat["brand"].isna().any()  # an Interaction makes it -2**63
 
 
 def test_missing_values_survive_dataset_loading(tmp_path):
@@ -56,32 +120,34 @@ def test_missing_values_survive_dataset_loading(tmp_path):
     assert brand.min() >= 0 and np.isfinite(price).all()
     row = list(dataset.field2id_token["item_id"]).index("i0")
     assert brand[row] == 0  # RecBole's padding token for "missing"
+    prices = [float(line.split("\t")[3]) for line in lines[2:]]
+    assert price[row] == pytest.approx(np.mean(prices))  # a missing float is the field's mean
 
 
-def test_pinned_stack_imports_ray_tune_and_pyarrow():
-    """numpy<2 (ray's np.bool8), setuptools<82 (ray's pkg_resources), pyarrow<26 (numpy 2 only)."""
-    import pyarrow
-    from ray.tune.logger import tensorboardx  # noqa: F401
+def test_recboles_series_agg_keeps_its_pandas2_meaning(monkeypatch):
+    """RecBole splits sequence fields by ``feat[field].agg(len)``; pandas 3 gives the column's length."""
+    cells = pd.Series([np.array([1, 2]), np.array([3]), np.array([4, 5, 6])])
+    recbole_like = {"__name__": "recbole.data.dataset.dataset", "cells": cells, "np": np}
+    assert list(eval("cells.agg(len)", recbole_like)) == [2, 1, 3]  # noqa: S307  (test-written code)
+    assert list(eval("cells.agg(np.concatenate)", recbole_like)) == [1, 2, 3, 4, 5, 6]  # noqa: S307
+    assert cells.agg(len) == 3  # everyone else: pandas' own meaning
+    monkeypatch.setattr(pd.Series, "agg", compat._series_agg)
+    assert eval("cells.agg(len)", recbole_like) == 3  # noqa: S307  (unpatched: every split is wrong)
 
-    assert pyarrow.array([1, 2]).to_numpy().sum() == 3
 
-
-def test_sequential_ce_models_run_with_recbole_defaults(tmp_path):
-    """RecBole 1.2.1 rejects its own SASRec/BERT4Rec defaults (CE + uniform train negatives)."""
+def test_tensors_own_their_memory_and_torch_does_not_warn(tmp_path, monkeypatch):
     write_tiny_dataset(tmp_path)
-    for model in ("SASRec", "BERT4Rec"):
-        config = Config(model=model, dataset="tiny", config_dict={"data_path": str(tmp_path)})
-        assert config["train_neg_sample_args"]["distribution"] == "none"
-
-
-def test_explicit_negative_sampling_with_ce_is_still_refused(tmp_path):
-    write_tiny_dataset(tmp_path)
-    explicit = {
-        "data_path": str(tmp_path),
-        "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1},
-    }
-    with pytest.raises(ValueError, match="should be None when the loss_type is CE"):
-        Config(model="SASRec", dataset="tiny", config_dict=explicit)
+    config = Config(model="SASRec", dataset="tiny", config_dict=tiny_config(tmp_path))
+    frame = pd.DataFrame({"user_id": np.arange(3), "rating": np.ones(3)})
+    dataset = create_dataset(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        interaction = dataset._dataframe_to_interaction(frame)
+    interaction["user_id"][0] = 7
+    assert frame["user_id"][0] == 0
+    monkeypatch.setattr(Dataset, "_dataframe_to_interaction", compat._recbole_dataframe_to_interaction)
+    with pytest.warns(UserWarning, match="not writable"):
+        dataset._dataframe_to_interaction(pd.DataFrame({"user_id": np.arange(3)}))
 
 
 _NDCG_WITHOUT_A_CONFIG = """
@@ -108,9 +174,69 @@ def test_recbole_metrics_work_without_constructing_a_config():
     assert float(shimmed.stdout) > 0
 
 
-def test_recbole_other_than_the_patched_version_is_refused():
-    with pytest.raises(IncompatibleStackError, match=r"(?s)recbole==1\.3\.0: .*pip install recbole==1\.2\.1"):
-        check_stack(versions_with(recbole="1.3.0"))
+def test_recboles_own_alias_setup_fails_on_numpy2_and_the_patch_does_not(monkeypatch):
+    with pytest.raises(AttributeError, match="np.float_` was removed in the NumPy 2.0 release"):
+        compat._recbole_compatibility_settings(None)
+    Config.compatibility_settings(None)
+    assert np.float is np.float64 and np.unicode is np.str_  # type: ignore[attr-defined]
+
+
+def test_objective_functions_keyword_report_reaches_todays_tune(monkeypatch):
+    """RecBole's objective_function calls ``tune.report(**result)``; Ray >= 2.7 takes one dict (the call
+    fails its signature inside a trial; outside one Ray returns before checking it)."""
+    from ray import tune
+
+    with pytest.raises(TypeError):
+        tune.report.__wrapped__(**{"ndcg@10": 0.1})
+    reported = []
+    monkeypatch.setattr(tune, "report", lambda *args, **kwargs: reported.append((args, kwargs)))
+    recbole_quick_start.tune.report(**{"ndcg@10": 0.1})
+    assert reported == [(({"ndcg@10": 0.1},), {})]
+
+
+def test_recboles_exhaustive_search_runs_on_todays_hyperopt(tmp_path, monkeypatch):
+    pytest.importorskip("hyperopt")
+    from recbole.trainer import HyperTuning
+
+    seen = []
+
+    def objective(config_dict, config_file_list, saved=True):
+        seen.append((config_dict["learning_rate"], config_dict["hidden_size"]))
+        score = config_dict["learning_rate"] * config_dict["hidden_size"]
+        return {"model": "toy", "best_valid_score": score, "valid_score_bigger": True,
+                "best_valid_result": {"score": score}, "test_result": {"score": score}}  # fmt: skip
+
+    space = {"learning_rate": [0.01, 0.001], "hidden_size": [16, 32]}
+    tuning = HyperTuning(
+        objective, algo="exhaustive", params_dict={"choice": space}, fixed_config_file_list=[]
+    )
+    tuning.run()
+    assert sorted(seen) == sorted((lr, h) for lr in space["learning_rate"] for h in space["hidden_size"])
+    assert tuning.best_params == {"learning_rate": 0.01, "hidden_size": 32}
+    monkeypatch.setattr(recbole_hyper_tuning, "np", np)
+    unpatched = HyperTuning(
+        objective, algo="exhaustive", params_dict={"choice": space}, fixed_config_file_list=[]
+    )
+    with pytest.raises(AttributeError, match="integers"):
+        unpatched.run()
+
+
+def test_sequential_ce_models_run_with_recbole_defaults(tmp_path):
+    """RecBole 1.2.1 rejects its own SASRec/BERT4Rec defaults (CE + uniform train negatives)."""
+    write_tiny_dataset(tmp_path)
+    for model in ("SASRec", "BERT4Rec"):
+        config = Config(model=model, dataset="tiny", config_dict={"data_path": str(tmp_path)})
+        assert config["train_neg_sample_args"]["distribution"] == "none"
+
+
+def test_explicit_negative_sampling_with_ce_is_still_refused(tmp_path):
+    write_tiny_dataset(tmp_path)
+    explicit = {
+        "data_path": str(tmp_path),
+        "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1},
+    }
+    with pytest.raises(ValueError, match="should be None when the loss_type is CE"):
+        Config(model="SASRec", dataset="tiny", config_dict=explicit)
 
 
 def test_config_reads_argv_only_outside_the_pipelines_scope(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""convert on the real shared samples; every expected count is recomputed here from the raw files."""
+"""convert on real data (the slices in tests/data, and the full data named by $RECBOLE_SRT_TEST_DATA);
+every expected count is recomputed here from the raw files."""
 
 from __future__ import annotations
 
@@ -15,19 +16,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import MAGAZINE, SLICES
 
 from dataset_prep.cli import main
-
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
-MAGAZINE = DATA / "amazon2018-magazine-subscriptions"
-MUSIC = DATA / "amazon2014-digital-music-truncated"
-# RecBole 1.2.1 under pandas 2.x warns about its own chained fillna(inplace=True); not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-def need(folder: Path) -> None:
-    if not folder.is_dir():
-        pytest.skip(f"shared sample {folder} is absent (tests read ../shared/data in place)")
 
 
 def complete_lines(path: Path) -> tuple[list[bytes], bool]:
@@ -82,19 +73,20 @@ def load_with_recbole(yaml_file: Path, name: str, monkeypatch: pytest.MonkeyPatc
     return create_dataset(config)
 
 
-def test_magazine_2018_counts_and_recbole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    need(MAGAZINE)
+def test_magazine_2018_counts_and_recbole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, magazine: Path
+) -> None:
     convert = ["convert", "--release", "2018", "--category", "Magazine_Subscriptions"]
-    convert += ["--input", str(MAGAZINE), "--output", str(tmp_path)]
+    convert += ["--input", str(magazine), "--output", str(tmp_path)]
     assert main(convert) == 0
     name = "amazon2018-magazine_subscriptions"
     out = tmp_path / name
     report = json.loads((out / "report.json").read_text())
 
     # Independent computation from the raw files.
-    with gzip.open(MAGAZINE / "Magazine_Subscriptions.csv.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(magazine / "Magazine_Subscriptions.csv.gz", "rt", encoding="utf-8") as f:
         rows = [(u, i, float(r), float(t), pos) for pos, (i, u, r, t) in enumerate(csv.reader(f))]
-    with gzip.open(MAGAZINE / "meta_Magazine_Subscriptions.json.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(magazine / "meta_Magazine_Subscriptions.json.gz", "rt", encoding="utf-8") as f:
         meta = {}
         for line in f:
             record = json.loads(line)
@@ -148,15 +140,16 @@ def test_magazine_2018_counts_and_recbole(tmp_path: Path, monkeypatch: pytest.Mo
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
 
-def test_digital_music_2014_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    need(MUSIC)
+def test_digital_music_2014_truncated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, music: Path
+) -> None:
     status = main(
         [
             "convert",
             "--category",
             "2014:Digital_Music:5core",
             "--input",
-            str(MUSIC),
+            str(music),
             "--output",
             str(tmp_path),
             "--min-user-inter",
@@ -170,11 +163,11 @@ def test_digital_music_2014_truncated(tmp_path: Path, monkeypatch: pytest.Monkey
     name = "amazon2014-digital_music"
     report = json.loads((tmp_path / name / "report.json").read_text())
 
-    lines, truncated = complete_lines(MUSIC / "reviews_Digital_Music_5.json.gz")
+    lines, truncated = complete_lines(music / "reviews_Digital_Music_5.json.gz")
     assert truncated
     records = [json.loads(line) for line in lines]
     rows = [(r["reviewerID"], r["asin"], r["overall"], r["unixReviewTime"], n) for n, r in enumerate(records)]
-    meta_lines, meta_truncated = complete_lines(MUSIC / "meta_Digital_Music.json.gz")
+    meta_lines, meta_truncated = complete_lines(music / "meta_Digital_Music.json.gz")
     assert meta_truncated
     wanted = {r[1] for r in rows}
     meta = set()
@@ -201,18 +194,18 @@ def test_digital_music_2014_truncated(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_gzip_member_boundaries_do_not_matter(tmp_path: Path) -> None:
     """The same rows split over several gzip members, read in tiny blocks, give the same output."""
-    need(MAGAZINE)
-    raw = gzip.decompress((MAGAZINE / "Magazine_Subscriptions.csv.gz").read_bytes())
+    magazine = SLICES / MAGAZINE
+    raw = gzip.decompress((magazine / "Magazine_Subscriptions.csv.gz").read_bytes())
     cut = len(raw) // 3
     src = tmp_path / "in"
     src.mkdir()
     (src / "Magazine_Subscriptions.csv.gz").write_bytes(gzip.compress(raw[:cut]) + gzip.compress(raw[cut:]))
     (src / "meta_Magazine_Subscriptions.json.gz").write_bytes(
-        (MAGAZINE / "meta_Magazine_Subscriptions.json.gz").read_bytes()
+        (magazine / "meta_Magazine_Subscriptions.json.gz").read_bytes()
     )
     args = ["convert", "--release", "2018", "--category", "Magazine_Subscriptions", "--name", "m"]
     assert main([*args, "--input", str(src), "--output", str(tmp_path / "a")]) == 0
-    assert main([*args, "--input", str(MAGAZINE), "--output", str(tmp_path / "b")]) == 0
+    assert main([*args, "--input", str(magazine), "--output", str(tmp_path / "b")]) == 0
     a = (tmp_path / "a" / "m" / "m.inter").read_bytes()
     assert a == (tmp_path / "b" / "m" / "m.inter").read_bytes()
     assert len(io.BytesIO(a).readlines()) > 1

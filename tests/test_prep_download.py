@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import SLICES
 
 from dataset_prep.cli import main
 from dataset_prep.registry import RELEASES
@@ -221,18 +222,16 @@ def test_missing_remote_file(tmp_path: Path, server: Server, capsys) -> None:
     assert "HTTP 404" in capsys.readouterr().err
 
 
-# Bad downloads, fed the real Magazine_Subscriptions files (2018) through the local server.
-MAGAZINE = Path(__file__).parents[1].parent / "shared" / "data" / "amazon2018-magazine-subscriptions"
+# Bad downloads, fed the real Magazine_Subscriptions slice (2018, tests/data) through the local server.
+MAGAZINE = SLICES / "amazon2018-magazine-subscriptions"
 CSV = "/categoryFilesSmall/Magazine_Subscriptions.csv"
 META = "/metaFiles2/meta_Magazine_Subscriptions.json.gz"
 HTML = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in</body></html>\n"
 
 
 @pytest.fixture
-def magazine() -> dict[str, bytes]:
+def mag_files() -> dict[str, bytes]:
     """The real 2018 Magazine_Subscriptions files at their published paths (the CSV is plain there)."""
-    if not MAGAZINE.is_dir():
-        pytest.skip(f"shared sample {MAGAZINE} is absent (tests read ../shared/data in place)")
     return {
         CSV: gzip.decompress((MAGAZINE / "Magazine_Subscriptions.csv.gz").read_bytes()),
         META: (MAGAZINE / "meta_Magazine_Subscriptions.json.gz").read_bytes(),
@@ -260,33 +259,33 @@ def only_error_line(err: str) -> str:
 
 
 def test_log_records_size_and_sha256_and_unrecorded_files_are_fetched_again(
-    tmp_path: Path, magazine: dict[str, bytes], capsys
+    tmp_path: Path, mag_files: dict[str, bytes], capsys
 ) -> None:
     folder = tmp_path / "2018"
     folder.mkdir()
-    (folder / "Magazine_Subscriptions.csv").write_bytes(magazine[CSV][:1000])  # "finished" by an old version
-    with serving(magazine) as srv:
+    (folder / "Magazine_Subscriptions.csv").write_bytes(mag_files[CSV][:1000])  # "finished" by an old version
+    with serving(mag_files) as srv:
         assert get_magazine(srv.url, tmp_path) == 0
-        assert (folder / "Magazine_Subscriptions.csv").read_bytes() == magazine[CSV]
+        assert (folder / "Magazine_Subscriptions.csv").read_bytes() == mag_files[CSV]
         log = json.loads((folder / "downloads.json").read_text())["files"]
-        for path, body in magazine.items():
+        for path, body in mag_files.items():
             record = log[path.rsplit("/", 1)[1]]
             assert record["size"] == len(body) and record["sha256"] == hashlib.sha256(body).hexdigest()
             assert record["url"] == srv.url + path[1:] and record["length_checked"] is True
         before = len(srv.requests)
         assert get_magazine(srv.url, tmp_path) == 0
         assert len(srv.requests) == before
-        (folder / "Magazine_Subscriptions.csv").write_bytes(magazine[CSV] + b"x,y,5.0,1\n")  # changed since
+        (folder / "Magazine_Subscriptions.csv").write_bytes(mag_files[CSV] + b"x,y,5.0,1\n")  # changed since
         assert get_magazine(srv.url, tmp_path) == 0
         assert srv.requests[before:] == [(CSV, None)]
-    assert (folder / "Magazine_Subscriptions.csv").read_bytes() == magazine[CSV]
+    assert (folder / "Magazine_Subscriptions.csv").read_bytes() == mag_files[CSV]
     assert "already downloaded and verified, skipped" in capsys.readouterr().err
 
 
-def test_csv_cut_short_without_a_length_header(tmp_path: Path, magazine: dict[str, bytes], capsys) -> None:
-    cut = magazine[CSV][: len(magazine[CSV]) // 2]
+def test_csv_cut_short_without_a_length_header(tmp_path: Path, mag_files: dict[str, bytes], capsys) -> None:
+    cut = mag_files[CSV][: len(mag_files[CSV]) // 2]
     assert not cut.endswith(b"\n")
-    with serving({**magazine, CSV: cut}, {CSV: "no-length"}) as srv:
+    with serving({**mag_files, CSV: cut}, {CSV: "no-length"}) as srv:
         assert get_magazine(srv.url, tmp_path) == 2
     line = only_error_line(capsys.readouterr().err)
     assert line == (
@@ -295,7 +294,7 @@ def test_csv_cut_short_without_a_length_header(tmp_path: Path, magazine: dict[st
     )
     assert not list((tmp_path / "2018").iterdir())  # no file, no .part, no log entry
     # The whole file without a length header: accepted on its format, recorded as such.
-    with serving(magazine, {CSV: "no-length"}) as srv:
+    with serving(mag_files, {CSV: "no-length"}) as srv:
         assert get_magazine(srv.url, tmp_path) == 0
     assert "format only: the server announced no length" in capsys.readouterr().err
     log = json.loads((tmp_path / "2018" / "downloads.json").read_text())["files"]
@@ -313,9 +312,9 @@ def test_csv_cut_short_without_a_length_header(tmp_path: Path, magazine: dict[st
     ],
 )
 def test_wrong_content_fails_verification(
-    tmp_path: Path, magazine: dict[str, bytes], capsys, path: str, body: bytes, message: str
+    tmp_path: Path, mag_files: dict[str, bytes], capsys, path: str, body: bytes, message: str
 ) -> None:
-    with serving({**magazine, path: body}) as srv:
+    with serving({**mag_files, path: body}) as srv:
         assert get_magazine(srv.url, tmp_path) == 2
     line = only_error_line(capsys.readouterr().err)
     assert path.rsplit("/", 1)[1] + ": downloaded file failed verification" in line and message in line
@@ -323,48 +322,48 @@ def test_wrong_content_fails_verification(
     assert not (tmp_path / "2018" / path.rsplit("/", 1)[1]).exists()
 
 
-def test_part_larger_than_the_file_starts_again(tmp_path: Path, magazine: dict[str, bytes], capsys) -> None:
+def test_part_larger_than_the_file_starts_again(tmp_path: Path, mag_files: dict[str, bytes], capsys) -> None:
     folder = tmp_path / "2018"
     folder.mkdir()
-    (folder / "meta_Magazine_Subscriptions.json.gz.part").write_bytes(magazine[META] + b"\0junk" * 100)
-    with serving(magazine) as srv:
+    (folder / "meta_Magazine_Subscriptions.json.gz.part").write_bytes(mag_files[META] + b"\0junk" * 100)
+    with serving(mag_files) as srv:
         assert get_magazine(srv.url, tmp_path) == 0
         metas = [r for r in srv.requests if r[0] == META]
-    assert metas == [(META, f"bytes={len(magazine[META]) + 500}-"), (META, None)]  # 416, then from 0
-    assert (folder / "meta_Magazine_Subscriptions.json.gz").read_bytes() == magazine[META]
-    assert f"is {len(magazine[META]) + 500} bytes, the file on the server {len(magazine[META])} bytes" in (
+    assert metas == [(META, f"bytes={len(mag_files[META]) + 500}-"), (META, None)]  # 416, then from 0
+    assert (folder / "meta_Magazine_Subscriptions.json.gz").read_bytes() == mag_files[META]
+    assert f"is {len(mag_files[META]) + 500} bytes, the file on the server {len(mag_files[META])} bytes" in (
         capsys.readouterr().err
     )
 
 
-def test_complete_part_is_not_fetched_again(tmp_path: Path, magazine: dict[str, bytes]) -> None:
+def test_complete_part_is_not_fetched_again(tmp_path: Path, mag_files: dict[str, bytes]) -> None:
     folder = tmp_path / "2018"
     folder.mkdir()
-    (folder / "meta_Magazine_Subscriptions.json.gz.part").write_bytes(magazine[META])
-    with serving(magazine) as srv:
+    (folder / "meta_Magazine_Subscriptions.json.gz.part").write_bytes(mag_files[META])
+    with serving(mag_files) as srv:
         assert get_magazine(srv.url, tmp_path) == 0
-        assert [r for r in srv.requests if r[0] == META] == [(META, f"bytes={len(magazine[META])}-")]
-    assert (folder / "meta_Magazine_Subscriptions.json.gz").read_bytes() == magazine[META]
+        assert [r for r in srv.requests if r[0] == META] == [(META, f"bytes={len(mag_files[META])}-")]
+    assert (folder / "meta_Magazine_Subscriptions.json.gz").read_bytes() == mag_files[META]
 
 
 @pytest.mark.parametrize("mode", ["range-200", "range-206-from-0", "range-206-elsewhere"])
 def test_resume_the_server_did_not_honour_restarts(
-    tmp_path: Path, magazine: dict[str, bytes], capsys, mode: str
+    tmp_path: Path, mag_files: dict[str, bytes], capsys, mode: str
 ) -> None:
     folder = tmp_path / "2018"
     folder.mkdir()
-    (folder / "meta_Magazine_Subscriptions.json.gz.part").write_bytes(magazine[META][:5000])
-    with serving(magazine, {META: mode}) as srv:
+    (folder / "meta_Magazine_Subscriptions.json.gz.part").write_bytes(mag_files[META][:5000])
+    with serving(mag_files, {META: mode}) as srv:
         assert get_magazine(srv.url, tmp_path) == 0
         metas = [r for r in srv.requests if r[0] == META]
-    assert (folder / "meta_Magazine_Subscriptions.json.gz").read_bytes() == magazine[META]
+    assert (folder / "meta_Magazine_Subscriptions.json.gz").read_bytes() == mag_files[META]
     expected = [(META, "bytes=5000-")] + ([(META, None)] if mode == "range-206-elsewhere" else [])
     assert metas == expected
     assert "starting again" in capsys.readouterr().err
 
 
-def test_partial_body_to_a_plain_request(tmp_path: Path, magazine: dict[str, bytes], capsys) -> None:
-    with serving(magazine, {META: "partial-always"}) as srv:
+def test_partial_body_to_a_plain_request(tmp_path: Path, mag_files: dict[str, bytes], capsys) -> None:
+    with serving(mag_files, {META: "partial-always"}) as srv:
         assert get_magazine(srv.url, tmp_path) == 2
         assert [r for r in srv.requests if r[0] == META] == [(META, None)]  # refused, not retried forever
     assert only_error_line(capsys.readouterr().err) == (
@@ -376,14 +375,14 @@ def test_partial_body_to_a_plain_request(tmp_path: Path, magazine: dict[str, byt
 
 @pytest.mark.parametrize("mode", ["chunked-cut", "short"])
 def test_body_cut_short_keeps_the_part_and_resumes(
-    tmp_path: Path, magazine: dict[str, bytes], capsys, mode: str
+    tmp_path: Path, mag_files: dict[str, bytes], capsys, mode: str
 ) -> None:
     part = tmp_path / "2018" / "meta_Magazine_Subscriptions.json.gz.part"
-    with serving(magazine, {META: mode}) as srv:
+    with serving(mag_files, {META: mode}) as srv:
         assert get_magazine(srv.url, tmp_path) == 2
     line = only_error_line(capsys.readouterr().err)
     received = part.stat().st_size
-    assert 0 < received < len(magazine[META])
+    assert 0 < received < len(mag_files[META])
     if mode == "chunked-cut":
         assert line.startswith(f"srt-prep: error: {part}: download of http://127.0.0.1:")
         assert (
@@ -391,12 +390,12 @@ def test_body_cut_short_keeps_the_part_and_resumes(
             and "rerun to resume" in line
         )
     else:
-        assert line.endswith(f"incomplete ({received} of {len(magazine[META])} bytes); rerun to resume")
+        assert line.endswith(f"incomplete ({received} of {len(mag_files[META])} bytes); rerun to resume")
     assert not (tmp_path / "2018" / "meta_Magazine_Subscriptions.json.gz").exists()
-    with serving(magazine) as srv:
+    with serving(mag_files) as srv:
         assert get_magazine(srv.url, tmp_path) == 0
         assert (META, f"bytes={received}-") in srv.requests
-    assert (tmp_path / "2018" / "meta_Magazine_Subscriptions.json.gz").read_bytes() == magazine[META]
+    assert (tmp_path / "2018" / "meta_Magazine_Subscriptions.json.gz").read_bytes() == mag_files[META]
 
 
 def test_2014_layouts_verify(tmp_path: Path) -> None:

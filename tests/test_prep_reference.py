@@ -3,10 +3,12 @@
 ``fixtures/prep/reference.json`` holds, for each case below, the sha256 of ``NAME.inter`` and ``NAME.item``
 and the counts of ``report.json`` (or the error message), as the in-memory converter of commit 561f223
 wrote them. Every case must still give byte-identical files, the same counts and the same messages.
-Cases on the shared real files are skipped when ``../shared/data`` is absent. Inputs marked "derived" are
-built here from the fixtures or the shared files by a fixed transformation.
+Cases on the real files read the full data named by $RECBOLE_SRT_TEST_DATA (their reference is that of the
+full files, not of the slices in tests/data) and are skipped without it. Inputs marked "derived" are built
+here from the fixtures or the real files by a fixed transformation.
 
-Regenerate (only when an output is meant to change): ``python tests/test_prep_reference.py --write``.
+Regenerate (only when an output is meant to change):
+``RECBOLE_SRT_TEST_DATA=PATH/TO/data python tests/test_prep_reference.py --write COMMIT``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -24,31 +27,37 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import TEST_DATA_ENV, full_data
 
 from dataset_prep.cli import main
 
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures" / "prep"
 REFERENCE = FIXTURES / "reference.json"
-DATA = HERE.parents[1] / "shared" / "data"
-MAGAZINE = DATA / "amazon2018-magazine-subscriptions"
-MUSIC = DATA / "amazon2014-digital-music-truncated"
+MAGAZINE = "amazon2018-magazine-subscriptions"  # folders of the full data named by $RECBOLE_SRT_TEST_DATA
+MUSIC = "amazon2014-digital-music-truncated"
 MAG_CSV = "Magazine_Subscriptions.csv"
 MAG_META = "meta_Magazine_Subscriptions.json.gz"
 ONE = ["--min-user-inter", "1", "--min-item-inter", "1"]
 REPORT_KEYS = ("rows", "dropped", "users", "items", "inputs", "metadata", "warnings")
 
 
+def _magazine() -> Path:
+    """The full Magazine_Subscriptions folder (the test is skipped without it)."""
+    return full_data(MAGAZINE)
+
+
 def _magazine_rows() -> list[list[bytes]]:
     return [
-        line.split(b",") for line in gzip.decompress((MAGAZINE / f"{MAG_CSV}.gz").read_bytes()).splitlines()
+        line.split(b",")
+        for line in gzip.decompress((_magazine() / f"{MAG_CSV}.gz").read_bytes()).splitlines()
     ]
 
 
 def _magazine_with(folder: Path, rows: list[list[bytes]]) -> None:
     folder.mkdir(parents=True)
     (folder / MAG_CSV).write_bytes(b"".join(b",".join(cells) + b"\n" for cells in rows))
-    (folder / MAG_META).symlink_to(MAGAZINE / MAG_META)
+    (folder / MAG_META).symlink_to(_magazine() / MAG_META)
 
 
 def _times(change: Callable[[int, bytes], bytes]) -> Callable[[Path], None]:
@@ -63,11 +72,11 @@ def _swapped(folder: Path) -> None:
 
 
 def _two_members(folder: Path) -> None:
-    raw = gzip.decompress((MAGAZINE / f"{MAG_CSV}.gz").read_bytes())
+    raw = gzip.decompress((_magazine() / f"{MAG_CSV}.gz").read_bytes())
     folder.mkdir(parents=True)
     cut = len(raw) // 3
     (folder / f"{MAG_CSV}.gz").write_bytes(gzip.compress(raw[:cut]) + gzip.compress(raw[cut:]))
-    (folder / MAG_META).symlink_to(MAGAZINE / MAG_META)
+    (folder / MAG_META).symlink_to(_magazine() / MAG_META)
 
 
 def _exclusions(folder: Path) -> None:
@@ -124,7 +133,7 @@ F23 = ["--category", "2023:All_Beauty", "--input", "{fixtures}"]
 MAG = ["--category", "2018:Magazine_Subscriptions", "--input", "{magazine}"]
 MAG_DERIVED = ["--category", "2018:Magazine_Subscriptions", "--input", "{input}"]
 MUS = ["--category", "2014:Digital_Music:5core", "--input", "{music}"]
-FIX, SHARED = "fixtures", "shared"
+FIX, FULL = "fixtures", "full"  # the data a case reads: tests/fixtures/prep, or the full real files
 # name -> (arguments before --output, the data the case reads, how its derived input is built or None)
 CASES: dict[str, tuple[list[str], str, Callable[[Path], None] | None]] = {
     "f23": ([*F23, *ONE], FIX, None),
@@ -176,45 +185,45 @@ CASES: dict[str, tuple[list[str], str, Callable[[Path], None] | None]] = {
         FIX,
         _odd_tokens_2018,
     ),
-    "mag": (MAG, SHARED, None),
-    "mag-rating4": ([*MAG, "--min-rating", "4"], SHARED, None),
-    "mag-keep-last": ([*MAG, "--missing-meta", "keep", "--dedup", "last"], SHARED, None),
-    "mag-all-2-3": ([*MAG, "--dedup", "all", "--min-user-inter", "2", "--min-item-inter", "3"], SHARED, None),
-    "mag-range": ([*MAG, "--start", "2010-01-01", "--end", "2016-01-01", *ONE], SHARED, None),
+    "mag": (MAG, FULL, None),
+    "mag-rating4": ([*MAG, "--min-rating", "4"], FULL, None),
+    "mag-keep-last": ([*MAG, "--missing-meta", "keep", "--dedup", "last"], FULL, None),
+    "mag-all-2-3": ([*MAG, "--dedup", "all", "--min-user-inter", "2", "--min-item-inter", "3"], FULL, None),
+    "mag-range": ([*MAG, "--start", "2010-01-01", "--end", "2016-01-01", *ONE], FULL, None),
     "mag-no-text": (
         [*MAG, "--missing-text", "drop", "--min-user-inter", "2", "--min-item-inter", "2"],
-        SHARED,
+        FULL,
         None,
     ),
-    "mag-kcore-0": ([*MAG, "--min-user-inter", "0", "--min-item-inter", "0"], SHARED, None),
+    "mag-kcore-0": ([*MAG, "--min-user-inter", "0", "--min-item-inter", "0"], FULL, None),
     "mag-exclude": (
         [*MAG, "--exclude-users-of", "{input}/ft.inter", "--min-user-inter", "2"],
-        SHARED,
+        FULL,
         _exclusions,
     ),
-    "mag-rating6": ([*MAG, "--min-rating", "6"], SHARED, None),
-    "mag-kcore-100": ([*MAG, "--min-user-inter", "100"], SHARED, None),
-    "mag-ms": ([*MAG_DERIVED, "--timestamp-unit", "ms"], SHARED, _times(lambda i, t: t + b"000")),
-    "mag-ms-refused": (MAG_DERIVED, SHARED, _times(lambda i, t: t + b"000")),
+    "mag-rating6": ([*MAG, "--min-rating", "6"], FULL, None),
+    "mag-kcore-100": ([*MAG, "--min-user-inter", "100"], FULL, None),
+    "mag-ms": ([*MAG_DERIVED, "--timestamp-unit", "ms"], FULL, _times(lambda i, t: t + b"000")),
+    "mag-ms-refused": (MAG_DERIVED, FULL, _times(lambda i, t: t + b"000")),
     "mag-mixed-auto": (
         [*MAG_DERIVED, "--timestamp-unit", "auto"],
-        SHARED,
+        FULL,
         _times(lambda i, t: t + b"000" if i % 2 else t),
     ),
     "mag-odd-drop": (
         [*MAG_DERIVED, "--odd-timestamps", "drop"],
-        SHARED,
+        FULL,
         _times(lambda i, t: b"0" if i % 1000 == 0 else t),
     ),
-    "mag-swapped": (MAG_DERIVED, SHARED, _swapped),
-    "mag-members": (MAG_DERIVED, SHARED, _two_members),
-    "music-3-2": ([*MUS, "--min-user-inter", "3", "--min-item-inter", "2"], SHARED, None),
-    "music": (MUS, SHARED, None),
-    "music-keep-all": ([*MUS, *ONE, "--missing-meta", "keep", "--dedup", "all"], SHARED, None),
+    "mag-swapped": (MAG_DERIVED, FULL, _swapped),
+    "mag-members": (MAG_DERIVED, FULL, _two_members),
+    "music-3-2": ([*MUS, "--min-user-inter", "3", "--min-item-inter", "2"], FULL, None),
+    "music": (MUS, FULL, None),
+    "music-keep-all": ([*MUS, *ONE, "--missing-meta", "keep", "--dedup", "all"], FULL, None),
     "mag-music-merge": (
         [*MAG, "--category", "2014:Digital_Music:5core", "--input", "{music}", "--name", "mm"]
         + ["--min-user-inter", "2", "--min-item-inter", "2"],
-        SHARED,
+        FULL,
         None,
     ),
 }
@@ -222,17 +231,21 @@ CASES: dict[str, tuple[list[str], str, Callable[[Path], None] | None]] = {
 
 def run_case(name: str, root: Path) -> dict:
     """Run one case under ``root``; its outputs' hashes and report counts, or its error message."""
-    args, _, derive = CASES[name]
+    args, data, derive = CASES[name]
     folder = root / "in" / name
+    places = {"{fixtures}": str(FIXTURES), "{input}": str(folder)}
+    shown = {str(folder): "{input}", str(FIXTURES): "{fixtures}"}
+    if data == FULL:  # both folders, as the reference was written from one folder holding both
+        magazine, music = full_data(MAGAZINE), full_data(MUSIC)
+        places |= {"{magazine}": str(magazine), "{music}": str(music)}
+        shown[str(magazine.parent)] = "{data}"
     if derive is not None:
         derive(folder)
-    places = {"{fixtures}": str(FIXTURES), "{magazine}": str(MAGAZINE), "{music}": str(MUSIC)}
-    places["{input}"] = str(folder)
     argv = [_fill(a, places) for a in args]
     out = root / "out" / name
     with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
         status = main(["convert", *argv, "--output", str(out)])
-    shown = {str(folder): "{input}", str(FIXTURES): "{fixtures}", str(DATA): "{data}", str(out): "{out}"}
+    shown[str(out)] = "{out}"
     if status:
         return {"status": status, "error": _normalise(err.getvalue().strip(), shown)}
     (dataset,) = [p for p in out.iterdir() if p.is_dir()]
@@ -260,11 +273,15 @@ def _normalise(text: str, shown: dict[str, str]) -> str:
     return re.sub(r"(between \d{4} and )\d{4}-\d{2}-\d{2}", r"\1{tomorrow}", text)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.real_data) if case[1] == FULL else name
+        for name, case in CASES.items()
+    ],
+)
 def test_outputs_match_the_reference(name: str, tmp_path: Path) -> None:
     expected = json.loads(REFERENCE.read_text(encoding="utf-8"))["cases"][name]
-    if CASES[name][1] == SHARED and not (MAGAZINE.is_dir() and MUSIC.is_dir()):
-        pytest.skip(f"shared samples in {DATA} are absent (tests read ../shared/data in place)")
     assert run_case(name, tmp_path) == expected
 
 
@@ -284,4 +301,9 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--write", metavar="COMMIT", required=True, help="the commit whose converter runs")
-    write_reference(parser.parse_args().write)
+    commit = parser.parse_args().write
+    if not os.environ.get(TEST_DATA_ENV):
+        parser.error(
+            f"set {TEST_DATA_ENV} to the folder of the full data: its cases are part of the reference"
+        )
+    write_reference(commit)

@@ -11,8 +11,11 @@ import pytest
 
 from dataset_prep.cli import main
 
-SCIENTIFIC = Path(__file__).parents[1].parent / "shared" / "data" / "scientific-unisrec"
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # RecBole's own pandas fillna warnings
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
 
 
 def read_index(path: Path) -> list[str]:
@@ -46,12 +49,12 @@ def split_targets(loader, dataset) -> dict[str, tuple[list[str], str]]:
     return out
 
 
-def test_scientific_loo_split_matches_unisrec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not SCIENTIFIC.is_dir():
-        pytest.skip(f"shared sample {SCIENTIFIC} is absent (tests read ../shared/data in place)")
+def test_scientific_loo_split_matches_unisrec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scientific: Path
+) -> None:
     assert (
         main(
-            ["import-unisrec", "--input", str(SCIENTIFIC), "--name", "scientific", "--output", str(tmp_path)]
+            ["import-unisrec", "--input", str(scientific), "--name", "scientific", "--output", str(tmp_path)]
         )
         == 0
     )
@@ -70,19 +73,27 @@ def test_scientific_loo_split_matches_unisrec(tmp_path: Path, monkeypatch: pytes
     dataset = create_dataset(config)
     _, valid_data, test_data = data_preparation(config, dataset)
 
-    users = read_index(SCIENTIFIC / "Scientific.user2index")
-    items = read_index(SCIENTIFIC / "Scientific.item2index")
-    expected_valid = read_split(SCIENTIFIC / "Scientific.valid.inter", users, items)
-    expected_test = read_split(SCIENTIFIC / "Scientific.test.inter", users, items)
+    users = read_index(scientific / "Scientific.user2index")
+    items = read_index(scientific / "Scientific.item2index")
+    expected_valid = read_split(scientific / "Scientific.valid.inter", users, items)
+    expected_test = read_split(scientific / "Scientific.test.inter", users, items)
     got_valid = split_targets(valid_data, dataset)
     got_test = split_targets(test_data, dataset)
 
-    assert len(expected_test) == len(users) == 8442
+    # every user of user2index has one test line (8442 in the full files), counted from the raw lines
+    test_users = [line.split("\t", 1)[0] for line in read_lines(scientific / "Scientific.test.inter")[1:]]
+    assert len(expected_test) == len(users) == len(test_users) == len(set(test_users)) > 0
     assert {u: t for u, (_, t) in got_valid.items()} == {u: t for u, (_, t) in expected_valid.items()}
     assert {u: t for u, (_, t) in got_test.items()} == {u: t for u, (_, t) in expected_test.items()}
     assert got_test == expected_test  # histories too (both capped at 50)
     assert got_valid == expected_valid
-    assert dataset.item_num - 1 == len(items)
+    # the items of the three splits, counted from the raw lines (in the full files: all of item2index)
+    used = set()
+    for split in ("train", "valid", "test"):
+        for line in read_lines(scientific / f"Scientific.{split}.inter")[1:]:
+            _, history, target = line.split("\t")
+            used.update([*history.split(), target])
+    assert dataset.item_num - 1 == len(used) and used <= {str(i) for i in range(len(items))}
     assert "text" in dataset.item_feat.columns
 
 
