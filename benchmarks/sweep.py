@@ -141,10 +141,21 @@ def build_grid(preset: dict, gpu: float) -> list[dict]:
 
 
 def connect(address: str | None, local_num_cpus: int | None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray."""
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray.
+
+    Raises:
+        ConnectionError: one line naming the address, and the token setting a Ray >= 2.59 cluster needs.
+    """
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        try:
+            ray.init(address=address)
+        except ConnectionError as error:
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else (
+                "; a cluster started by `ray start` with Ray >= 2.59 requires token authentication: "
+                "export RAY_AUTH_MODE=token (the token: the head node's ~/.ray/auth_token, or RAY_AUTH_TOKEN)"
+            )  # fmt: skip
+            raise ConnectionError(f"cannot join the Ray cluster at {address} ({error}){hint}") from None
     else:
         ray.init(num_cpus=local_num_cpus, include_dashboard=False, log_to_driver=False)
 
@@ -360,7 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.overwrite:
         shutil.rmtree(out, ignore_errors=True)
 
-    connect(args.address, preset["local_num_cpus"])
+    try:
+        connect(args.address, preset["local_num_cpus"])
+    except ConnectionError as err:
+        print(f"sweep: error: {err}", file=sys.stderr)
+        return 2
     try:
         grid = build_grid(preset, trial_gpu(float(preset["gpu"])))
         print(f"sweep {name}: {len(grid)} trials -> {out}", flush=True)

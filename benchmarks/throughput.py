@@ -1,14 +1,18 @@
 """Training throughput of SRT's options, measured side by side in one run (a table, not a test).
 
     python benchmarks/throughput.py                     # CPU: recipes' options on ml-100k
+    python benchmarks/throughput.py --widths 16 64 256  # CPU: SRT at those widths (FLOP/s vs matmul peak)
     python benchmarks/throughput.py --gpu-check         # GPU: 3 sizes x fp32/bf16 x eager/compiled, then
                                                         # a small Ray Tune sweep of the srt-paper recipe
 
 Each cell trains ``--steps`` optimiser steps (after ``--warmup``) through :class:`SRTTrainer`'s own
 loss, optimiser and schedule on real batches; the cells take turns in ``--rounds`` rounds and a cell's
 time is its median round, so a shared machine's load drift hits every cell alike. Cells differ from the
-first (the baseline) by one setting, so ``vs baseline`` is the cost of that setting; on a GPU it also
-reports model FLOPs utilisation. ``--gpu-check`` without a GPU runs a tiny CPU version (what CI runs).
+first (the baseline) by one setting, so ``vs baseline`` is the cost of that setting. Every cell reports
+its achieved training FLOP/s (forward + backward, :func:`training_step_flops`) as a fraction of the
+machine's peak: on a GPU the datasheet's, on a CPU the best dense matmul rate measured in the same run,
+on the same threads and dtype (``matmul_peak``, before and after the cells). ``--gpu-check`` without a
+GPU runs a tiny CPU version (what CI runs).
 Writes ``OUT/throughput.json`` and ``OUT/throughput.md``.
 """
 
@@ -42,6 +46,28 @@ CPU_CELLS = {
     "torch.compile": {"compile": True},
 }
 GPU_SIZES = {"small": (2, 64), "medium": (4, 256), "large": (8, 512)}  # (n_layers, hidden_size)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+HEAD_DIM = 32  # --widths: n_heads = hidden_size / 32, inner_size = 4 x hidden_size
+
+
+def width_cells(widths: list[int]) -> dict[str, dict]:
+    """One cell per width, the other settings as given: the per-width cost a sweep plan needs."""
+    return {
+        f"H{w}": {"hidden_size": w, "inner_size": 4 * w, "n_heads": max(1, w // HEAD_DIM)} for w in widths
+    }
+
+
+def matmul_peak(dtype: torch.dtype, device: str = "cpu", size: int = 1024, repeats: int = 10) -> float:
+    """The best dense matmul rate (FLOP/s) of ``size`` x ``size`` matrices on this device and thread count."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def gpu_cells(tiny: bool) -> dict[str, dict]:
@@ -91,6 +117,7 @@ def prepare(model_name: str, dataset: str, settings: dict, n_batches: int):
 def measure(cells: dict[str, dict], dataset: str, steps: int, warmup: int, rounds: int) -> list[dict]:
     """Seconds per step of every cell, the cells interleaved round by round (load drifts hit all alike)."""
     prepared = {name: prepare("SRT", dataset, settings, warmup + steps) for name, settings in cells.items()}
+    peaks_before = {precision: matmul_peak(dtype) for precision, dtype in DTYPES.items()}
     for step, batches, _ in prepared.values():
         for batch in batches[:warmup]:  # compilation and allocator warm-up, untimed
             step(batch)
@@ -107,15 +134,17 @@ def measure(cells: dict[str, dict], dataset: str, steps: int, warmup: int, round
             if facts["cuda"]:
                 torch.cuda.synchronize()
             times[name].append((time.perf_counter() - start) / len(chunk))
+    cpu_peaks = {p: max(peaks_before[p], matmul_peak(dtype)) for p, dtype in DTYPES.items()}
     rows = []
     for name, (_, _, facts) in prepared.items():
         per_step = float(np.median(times[name]))
+        precision = "bf16" if cells[name].get("precision") == "bf16" else "fp32"
+        peak = PEAK_FLOPS[precision] if facts["cuda"] else cpu_peaks[precision]
         row = {"cell": name, "s_per_step": per_step, "s_per_epoch": per_step * facts["batches_per_epoch"],
                "sequences_per_s": facts["sequences_per_step"] / per_step,
-               "tokens_per_s": facts["targets_per_step"] / per_step, **facts}  # fmt: skip
-        if facts["cuda"]:
-            peak = PEAK_FLOPS["bf16" if cells[name].get("precision") == "bf16" else "fp32"]
-            row["mfu"] = facts["train_flops_per_step"] / per_step / peak
+               "tokens_per_s": facts["targets_per_step"] / per_step,
+               "train_flops_per_s": facts["train_flops_per_step"] / per_step, "peak_flops_per_s": peak,
+               "fraction_of_peak": facts["train_flops_per_step"] / per_step / peak, **facts}  # fmt: skip
         rows.append(row)
     return rows
 
@@ -142,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--gpu-check", action="store_true", help="sizes x precision x compile, then a GPU sweep")
+    p.add_argument("--widths", type=int, nargs="+", help="one cell per hidden size instead of the options")
     p.add_argument("--steps", type=int, default=20, help="timed optimiser steps per cell")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; a cell's time is its median")
@@ -161,14 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     base = {"epochs": 1, "train_batch_size": 512, "MAX_ITEM_LIST_LENGTH": 50} | extra
     tiny = args.gpu_check and not torch.cuda.is_available()
-    cells = gpu_cells(tiny) if args.gpu_check else CPU_CELLS
+    cells = gpu_cells(tiny) if args.gpu_check else width_cells(args.widths) if args.widths else CPU_CELLS
     if args.gpu_check and not tiny:
         base["gpu_id"] = "0"
     args.out.mkdir(parents=True, exist_ok=True)
     cells = {name: {**base, **settings} for name, settings in cells.items()}
     rows = measure(cells, args.dataset, args.steps, args.warmup, args.rounds)
     for row in rows:
-        print(f"{row['cell']}: {row['s_per_step'] * 1000:.1f} ms/step, {row['sequences_per_s']:,.0f} seq/s")
+        print(f"{row['cell']}: {row['s_per_step'] * 1000:.1f} ms/step, {row['sequences_per_s']:,.0f} seq/s, "
+              f"{row['fraction_of_peak']:.1%} of peak")  # fmt: skip
     table = pd.DataFrame(rows)
     table["vs baseline"] = table["s_per_step"] / table["s_per_step"].iloc[0]
     machine = {"device": rows[0]["device"], "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -176,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu_check:
         report["sweep"] = sweep(args.out, tiny, args.dataset)
     (args.out / "throughput.json").write_text(json.dumps(report, indent=2, default=str))
-    columns = ["cell", "s_per_step", "s_per_epoch", "sequences_per_s", "tokens_per_s", "vs baseline"]
-    columns += ["mfu"] if "mfu" in table else []
+    columns = ["cell", "params_non_embedding", "s_per_step", "s_per_epoch", "tokens_per_s", "vs baseline"]
+    columns += ["train_flops_per_s", "peak_flops_per_s", "fraction_of_peak"]
     text = table[columns].to_markdown(index=False, floatfmt=".4g") + "\n"
     if "sweep" in report:
         text += f"\nRay Tune sweep of the srt-paper recipe: exit {report['sweep']['returncode']}, "

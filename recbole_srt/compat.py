@@ -134,6 +134,17 @@ def _read_csv_filling_sequences(*args, **kwargs) -> pd.DataFrame:
     return df
 
 
+_recbole_load_feat = Dataset._load_feat
+
+
+def _load_feat(self: Dataset, filepath: str, source):
+    """``Dataset._load_feat`` without pandas 3's warning about its own no-op fill of each sequence column
+    (the fill is done by :func:`_read_csv_filling_sequences`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=pd.errors.ChainedAssignmentError)
+        return _recbole_load_feat(self, filepath, source)
+
+
 _recbole_fill_nan = Dataset._fill_nan
 
 
@@ -186,6 +197,7 @@ def pandas_copy_on_write() -> None:
     recbole_dataset.pd = ModuleView(_library(recbole_dataset.pd), read_csv=_read_csv_filling_sequences)
     Dataset._fill_nan = _fill_nan
     Dataset._dataframe_to_interaction = _dataframe_to_interaction
+    Dataset._load_feat = _load_feat
 
 
 _series_agg = pd.Series.agg

@@ -99,6 +99,17 @@ def test_without_the_fill_patches_pandas3_crashes_or_corrupts(magazine_yaml, mon
     assert holes.item_feat["brand"].isna().any()  # an Interaction makes it -2**63
 
 
+def test_loading_sequence_fields_prints_no_pandas_warning(tmp_path):
+    """RecBole's no-op ``fillna(inplace=True)`` on each sequence column makes pandas 3 warn on every load."""
+    write_tiny_dataset(tmp_path)
+    config = Config(model="SRT", dataset="tiny", config_dict=tiny_config(tmp_path, load_col=None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", append=True)  # behind the filters in force (the layer's among them)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # pandas 4's inplace deprecations
+        create_dataset(config)
+    assert [str(w.message) for w in caught] == []
+
+
 def test_missing_values_survive_dataset_loading(tmp_path):
     """pandas 3 would turn a missing token into -2**63 and leave a missing float NaN (silent corruption)."""
     folder = write_tiny_dataset(tmp_path)
