@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import wait
 from dataclasses import asdict, dataclass, field
@@ -44,7 +45,7 @@ from dataset_prep.formats import CsvLayout
 from dataset_prep.readers import FileStats, MetaStats, read_interactions, read_meta
 from dataset_prep.registry import Entry
 from dataset_prep.report import Report
-from dataset_prep.streams import LineBlocks, prefetched
+from dataset_prep.streams import LineBlocks, open_regular, prefetched
 from dataset_prep.table import BATCH, AscendingLookup, Interactions
 from dataset_prep.timestamps import ODD_POLICIES, UNITS, TimeCheck, iso_date, unit_of
 
@@ -104,6 +105,9 @@ def locate(entry: Entry, name: str, inputs: list[Path]) -> Path:
     release = entry.release.name
     if (found := _find(name, release, inputs)) is not None:
         return found
+    if (odd := _find(name, release, inputs, _present)) is not None:
+        open_regular(odd).close()  # raises what it is instead: a FIFO, a device, a symbolic link loop, ...
+        return odd
     plain, other = _names_of(name)
     searched = ", ".join(str(d) + _folder_note(d) for d in inputs)
     hint = f"get it with `srt-prep download --release {release} --category {entry.category}`"
@@ -134,6 +138,11 @@ def _folder_note(path: Path) -> str:
 def _names_of(name: str) -> tuple[str, str]:
     """The file name and its gzipped (or plain) twin."""
     return name, name[:-3] if name.endswith(".gz") else name + ".gz"
+
+
+def _present(path: Path) -> bool:
+    """Something other than a folder is there (a file, a FIFO, a link, even a broken one)."""
+    return os.path.lexists(path) and not path.is_dir()
 
 
 def _find(
@@ -287,6 +296,11 @@ def _filter(engine: Engine, input_stats: list[dict], opts: ConvertOptions, repor
             drops["odd_timestamp"] = sum(s["timestamps"]["dropped"] for s in input_stats)
         check(summary.left_after(stage), causes[stage])
     drops["duplicate"] = filters.duplicates(engine, opts.dedup)
+    if opts.dedup == "all" and drops["duplicate"]:
+        report.warn(
+            f"{drops['duplicate']:,} exact duplicate interactions (the same user, item and time as an "
+            "earlier row) dropped, the first of each kept (--dedup all keeps repeats at other times)"
+        )
     drops["k_core"], most = filters.k_core(engine, opts.min_user_inter, opts.min_item_inter)
     kept = summary.passed - drops["duplicate"] - drops["k_core"]
     check(
@@ -482,8 +496,8 @@ def _read_exclusions(paths: list[Path], engine: Engine) -> None:
         column = None
         for block in LineBlocks(path):
             users = []
-            for line in block.data.decode("utf-8", errors="replace").splitlines():
-                cells = line.split("\t")
+            for line in block.lines():
+                cells = line.decode("utf-8", errors="replace").split("\t")
                 if column is None:
                     names = [c.split(":")[0] for c in cells]
                     if "user_id" not in names:

@@ -11,7 +11,12 @@ A file is written as ``NAME.part`` and renamed to ``NAME`` only once verified:
   discards the ``.part`` and starts again;
 - format: a gzip file must be one complete gzip stream (every member's CRC and length); no file may be an
   HTML page; its first lines must parse as the release's layout; a plain file must end with a newline
-  (the one check left when the server announces no length).
+  (the one check left when the server announces no length); all of it read by the bounded reader of
+  :mod:`dataset_prep.streams` (a gzip bomb fails verification at once);
+- stalls: one :class:`Deadline` per file, on throughput: an answer must be complete within ``--timeout``
+  seconds and each window of ``--timeout`` seconds of body must bring :data:`STALL_RATE` bytes a second,
+  or the connection is cut (a ``.part`` is kept to resume). A per-read timeout alone never ends a server
+  that trickles a byte a second.
 
 ``OUTPUT/<release>/downloads.json`` records url, size, sha256 and whether the length was checked against
 the server's, for every finished file. A file recorded with its size is skipped; any other existing file
@@ -20,17 +25,22 @@ is fetched again.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import re
+import socket
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO
 
 from tqdm import tqdm
@@ -46,6 +56,9 @@ CHUNK = 1 << 20
 LOG = "downloads.json"
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 NETWORK_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException)
+STALL_RATE = 1 << 10  # bytes a second: a download slower than this over a window of --timeout s has stalled
+_HANDLERS = (urllib.request.HTTPHandler, urllib.request.HTTPSHandler)
+_LOOP = urllib.request.HTTPRedirectHandler.inf_msg  # how urllib's "too many redirects" error starts
 
 
 def download_entry(
@@ -104,21 +117,35 @@ def fetch(url: str, dest: Path, timeout: float, check: Callable[[Path], None], l
         print(f"{dest}: already downloaded and verified, skipped", file=sys.stderr)
         return dest
     part = dest.with_name(dest.name + ".part")
+    with Deadline(timeout) as deadline:
+        length_checked = _download(url, part, deadline)
+    return _finish(part, dest, url, length_checked, check, log)
+
+
+def _download(url: str, part: Path, deadline: Deadline) -> bool:
+    """Bring ``part`` to the whole file (resuming it); whether its length was checked against the server's."""
     offset = part.stat().st_size if part.is_file() else 0
+    opener = urllib.request.build_opener(*(_watched(kind, deadline) for kind in _HANDLERS))
     while True:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+            response = opener.open(urllib.request.Request(url, headers=headers), timeout=deadline.window)
         except urllib.error.HTTPError as err:
             if err.code == 416 and offset:
                 total = _content_range(err.headers)[2]
                 if total == offset:  # nothing after our offset: the .part is complete
-                    return _finish(part, dest, url, True, check, log)
+                    return True
                 size = "of unknown size" if total is None else f"{total} bytes"
                 offset = _restart(part, f"is {offset} bytes, the file on the server {size}; starting again")
                 continue
+            if str(err.reason).startswith(_LOOP):  # urllib's three lines
+                raise PrepError(
+                    f"download failed: too many redirects (a redirect loop?) for {url}; the last answer was "
+                    f"HTTP {err.code} {str(err.reason).removeprefix(_LOOP)}"
+                ) from None
             raise PrepError(f"download failed: HTTP {err.code} {err.reason} for {url}") from None
         except (*NETWORK_ERRORS, ValueError) as err:  # ValueError: a URL urllib cannot parse (bad port)
+            deadline.check(url)
             reason = getattr(err, "reason", err)
             raise PrepError(f"cannot reach {url} ({reason}); offline? Rerun later to resume.") from None
         with response:
@@ -132,8 +159,103 @@ def fetch(url: str, dest: Path, timeout: float, check: Callable[[Path], None], l
                 continue
             if offset and start == 0:
                 _restart(part, "the server did not resume (it sent the file from its start); starting again")
-            _receive(response, part, start, total, dest.name, url)
-        return _finish(part, dest, url, total is not None, check, log)
+            _receive(response, part, start, total, url, deadline)
+        return total is not None
+
+
+class Deadline:
+    """The one deadline of a download, on its throughput: each window of ``window`` seconds (``--timeout``)
+    must bring at least :data:`STALL_RATE` bytes a second of body, and an answer's status and headers must
+    come within one window. A watcher thread shuts the connection's socket down when a window falls short,
+    which ends the read that waits on it, however slowly bytes trickle in; :meth:`check` then raises. (Each
+    socket operation also has ``window`` as its own timeout.) A context manager: the watcher runs inside."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.stalled: str | None = None  # what fell short, once it did
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="srt-prep-deadline", daemon=True)
+        self._socket: socket.socket | None = None
+        self._restart("answer")
+
+    def __enter__(self) -> Deadline:
+        self._watcher.start()
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self._done.set()
+        self._watcher.join()
+
+    def connected(self, sock: socket.socket) -> None:
+        """A new connection: watch ``sock``; its answer is due within a window."""
+        with self._lock:
+            self._socket = sock
+            self._restart("answer")
+
+    def body(self) -> None:
+        """The body starts: from now on each window must bring its bytes."""
+        with self._lock:
+            self._restart("body")
+
+    def received(self, size: int) -> None:
+        """``size`` more bytes of body arrived."""
+        with self._lock:
+            self._bytes += size
+
+    def check(self, url: str, part: Path | None = None) -> None:
+        """Raise the stall as a :class:`PrepError` if the watcher saw one (``part``: the body kept)."""
+        window = f"{self.window:g} s (--timeout {self.window:g})"
+        if self.stalled == "answer":
+            raise PrepError(f"download of {url} stalled: no complete answer within {window}; rerun to resume")
+        if self.stalled == "body":
+            raise PrepError(
+                f"download of {url} stalled: less than {STALL_RATE >> 10} KiB/s over the last {window}; kept "
+                f"{part.stat().st_size} bytes, rerun to resume",
+                part,
+            )
+
+    def _restart(self, phase: str) -> None:
+        """Begin a window (the lock is held, or the watcher not started)."""
+        self._phase, self._bytes, self._since = phase, 0, time.monotonic()
+
+    def _watch(self) -> None:
+        while True:
+            with self._lock:
+                left = self._since + self.window - time.monotonic()
+                if left <= 0 and self._socket is None:  # not connected yet: the connect has its own timeout
+                    self._restart("answer")
+                    left = self.window
+                elif left <= 0:
+                    if self._phase == "answer" or self._bytes < STALL_RATE * self.window:
+                        self.stalled = self._phase
+                        if self._socket is not None:
+                            with contextlib.suppress(OSError):
+                                self._socket.shutdown(socket.SHUT_RDWR)
+                        return
+                    self._restart("body")
+                    left = self.window
+            if self._done.wait(left):
+                return
+
+
+def _watched(
+    kind: type[urllib.request.AbstractHTTPHandler], deadline: Deadline
+) -> urllib.request.AbstractHTTPHandler:
+    """A ``kind`` handler (http or https) whose connections report their socket to ``deadline``."""
+
+    class Watched(kind):
+        def do_open(
+            self, http_class: type[http.client.HTTPConnection], req: urllib.request.Request, **kw: object
+        ) -> http.client.HTTPResponse:
+            class Connection(http_class):
+                def connect(self) -> None:
+                    super().connect()
+                    deadline.connected(self.sock)
+
+            return super().do_open(Connection, req, **kw)
+
+    return Watched()
 
 
 def _restart(part: Path, message: str) -> int:
@@ -170,32 +292,46 @@ def _body_range(response: http.client.HTTPResponse, url: str) -> tuple[int | Non
 
 
 def _receive(
-    response: http.client.HTTPResponse, part: Path, start: int, total: int | None, label: str, url: str
+    response: http.client.HTTPResponse,
+    part: Path,
+    start: int,
+    total: int | None,
+    url: str,
+    deadline: Deadline,
 ) -> None:
-    """Write the body to ``part`` (appended at ``start`` > 0); raise if it ends before ``total``."""
+    """Write the body to ``part`` (appended at ``start`` > 0); raise if it stalls or ends before ``total``."""
+    deadline.body()
     try:
         with (
             open(part, "ab" if start else "wb") as out,
-            tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=label, disable=None) as bar,
+            tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=part.stem, disable=None) as bar,
         ):
             while chunk := _read(response, out):
                 out.write(chunk)
                 bar.update(len(chunk))
+                deadline.received(len(chunk))
     except NETWORK_ERRORS as err:
-        text, name = str(err), type(err).__name__
-        why = text if text.startswith(name) else f"{name}: {text}"  # IncompleteRead(...) names itself
+        deadline.check(url, part)
+        if isinstance(err, http.client.IncompleteRead):  # its count is that of the last read only
+            why = "the connection closed before the end of the body"
+        else:
+            text, name = str(err), type(err).__name__
+            why = text if text.startswith(name) else f"{name}: {text}"
         raise PrepError(
             f"download of {url} interrupted after {part.stat().st_size} bytes ({why}); rerun to resume", part
         ) from None
     size = part.stat().st_size
+    if total is None or size != total:  # the body ended: on its own, or stalled and cut by the deadline
+        deadline.check(url, part)
     if total is not None and size != total:
         raise PrepError(f"download of {url} incomplete ({size} of {total} bytes); rerun to resume", part)
 
 
 def _read(response: http.client.HTTPResponse, out: BinaryIO) -> bytes:
-    """The next piece of the body; the bytes a cut chunked body delivered are written before raising."""
+    """The next bytes of the body, as soon as any arrive; the bytes a cut chunked body delivered are written
+    before raising."""
     try:
-        return response.read(CHUNK)
+        return response.read1(CHUNK)
     except http.client.IncompleteRead as err:
         out.write(err.partial)
         raise

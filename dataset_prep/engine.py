@@ -3,13 +3,18 @@
 Its tables stay in memory up to ``memory_limit`` (``--memory-limit``) and spill to a private folder under
 ``temp_parent`` (``--temp-dir``; by default the output's staging folder) beyond it, so the memory of a
 conversion does not grow with the input: DuckDB sorts, joins and aggregates out of core. The folder is
-removed when the engine closes. DuckDB's own errors become :class:`PrepError` where the cause is the
+removed when the engine closes; the engine holds a ``flock`` on the file ``lock`` in it meanwhile, so that
+the next engine in the same ``temp_parent`` removes the folders of killed runs (the kernel released their
+lock) and no other. DuckDB's own errors become :class:`PrepError` where the cause is the
 environment (the memory limit, the temporary folder); any other is an internal error.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +29,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 MEMORY_LIMIT = "1GB"
+SPILL_PREFIX = ".srt-prep-engine-"
+SPILL_LOCK = "lock"
 _SIZE = re.compile(r"\d+(\.\d+)?\s*(B|[KMGT]i?B)", re.IGNORECASE)
 
 
@@ -43,13 +50,16 @@ class Engine:
 
         self.memory_limit = memory_limit
         self.temp_parent = temp_parent
+        remove_dead_spill(temp_parent)
         try:
-            self._folder = tempfile.TemporaryDirectory(prefix=".srt-prep-engine-", dir=temp_parent)
+            self._folder = tempfile.TemporaryDirectory(prefix=SPILL_PREFIX, dir=temp_parent)
+            self.folder = Path(self._folder.name)
+            self._lock = os.open(self.folder / SPILL_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as err:
             raise PrepError(
                 f"cannot create the engine's temporary folder ({err.strerror})", temp_parent
             ) from None
-        self.folder = Path(self._folder.name)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # a new file in a new folder: nobody else can hold it
         config = {
             "memory_limit": self.memory_limit,
             "temp_directory": str(self.folder),
@@ -59,7 +69,7 @@ class Engine:
         try:
             self.con = duckdb.connect(":memory:", config=config)
         except duckdb.Error as err:
-            self._folder.cleanup()
+            self._close_folder()
             raise PrepError(f"--memory-limit {memory_limit!r}: {_first_line(err)}") from None
         self._background = ThreadPoolExecutor(1, thread_name_prefix="engine")
 
@@ -69,7 +79,12 @@ class Engine:
     def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self._background.shutdown(wait=True)
         self.con.close()
+        self._close_folder()
+
+    def _close_folder(self) -> None:
+        """Remove the spill folder, then release its lock."""
         self._folder.cleanup()
+        os.close(self._lock)
 
     def run(self, sql: str, params: Sequence[object] = ()) -> None:
         """Execute one or more statements (no result)."""
@@ -143,6 +158,26 @@ class Engine:
             if isinstance(err, RuntimeError) and str(err) != "Query interrupted":
                 raise
             raise KeyboardInterrupt from None
+
+
+def remove_dead_spill(parent: Path) -> None:
+    """Remove the spill folders in ``parent`` that engines killed before they could (``kill -9``, a crash):
+    those whose lock file nobody holds. A folder without a lock file (another program's, or an engine's in
+    the instant before it locks) is left alone, and so is one whose lock is held (a live engine's)."""
+    for folder in parent.glob(SPILL_PREFIX + "*"):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            fd = os.open(folder / SPILL_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # held: a live engine's
+            pass
+        finally:
+            os.close(fd)
 
 
 def _first_line(err: BaseException) -> str:

@@ -30,6 +30,8 @@ from dataset_prep.streams import Block, LineBlocks
 from dataset_prep.text import clean_text, join_categories
 
 MAX_EXAMPLES = 5
+# A metadata file whose first this many records are all malformed is the wrong file: its reading stops there.
+WRONG_FILE_LINES = 10_000
 # Interaction files are parsed in blocks of this size; a few are in flight at once (read ahead, parsed, being
 # stored), which is most of what the converter holds outside the engine.
 INTERACTION_BLOCK = 16 << 20
@@ -138,7 +140,7 @@ def _slow_block(block: Block, layout: Layout, stats: FileStats) -> Chunk:
     items: list[str] = []
     ratings: list[float] = []
     stamps: list[float] = []
-    for number, raw in enumerate(block.data.splitlines(), start=block.first_line):
+    for number, raw in enumerate(block.lines(), start=block.first_line):
         if not raw.strip():
             continue
         stats.lines += 1
@@ -184,7 +186,7 @@ def _ident(value: object, name: str) -> str:
 
 
 def _csv_line(line: str, layout: CsvLayout) -> tuple[str, str, float, float]:
-    cells = line.rstrip("\r\n").split(",")
+    cells = line.split(",")
     if len(cells) != 4:
         raise ValueError(f"expected 4 comma-separated fields, found {len(cells)}: {_snip(line)}")
     return (
@@ -287,7 +289,7 @@ def read_meta(
     quick_key = re.compile(rb"""['"]""" + key + rb"""['"]\s*:\s*(?:'([^'\\]*)'|"([^"\\]*)")""")
     blocks = LineBlocks(path, progress=path.name)
     for block in blocks:
-        lines = block.data.splitlines()
+        lines = block.lines()
         quick = [_quick_item(quick_key.search(raw)) for raw in lines]
         verdicts = iter(wanted([k for k in quick if k is not None]))
         for number, (raw, quick_item) in enumerate(zip(lines, quick, strict=True), start=block.first_line):
@@ -302,12 +304,16 @@ def read_meta(
                 record, item = _meta_record(_decode(raw, stats), layout)
             except _BAD_RECORD as err:
                 stats.bad(number, err)
+                if stats.malformed == WRONG_FILE_LINES and not stats.parsed:
+                    break
                 continue
             stats.parsed += 1
             if needed if item == quick_item else wanted([item])[0]:
                 yield item, _item_text(record, layout, max_text_len)
             else:
                 stats.not_needed += 1
+        if stats.malformed == WRONG_FILE_LINES and not stats.parsed:  # the wrong file: stop early
+            break
     stats.finish(blocks)
     stats.check_not_empty("metadata")
     if stats.parsed == 0 and stats.malformed:
@@ -324,11 +330,11 @@ def check_first_lines(path: Path, layout: Layout | MetaLayout, count: int = 5) -
     check that a download is the file it claims to be (not an HTML page, not another layout)."""
     seen = 0
     for block in LineBlocks(path, block_size=1 << 16):
-        for number, raw in enumerate(block.data.splitlines(), start=block.first_line):
+        for number, raw in enumerate(block.lines(), start=block.first_line):
             line = raw.decode("utf-8", errors="replace")
             if not line.strip() or (number == 1 and _is_header(line, layout)):
                 continue
-            if line.lstrip("\ufeff \t").startswith("<"):
+            if line.lstrip(" \t").startswith("<"):
                 raise PrepError(f"is an HTML page, not a data file (starts {_snip(line)})", path)
             try:
                 if isinstance(layout, MetaLayout):

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from dataset_prep.atomic import Staging, dataset_config, dataset_folder, write_json, write_tsv, write_yaml
 from dataset_prep.errors import PrepError
+from dataset_prep.streams import text_lines
 from dataset_prep.text import clean_text
 
 SPLITS = ("train", "valid", "test")
@@ -87,14 +88,9 @@ def _detect_prefix(folder: Path) -> str:
 
 
 def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise PrepError("file not found", path) from None
-    except OSError as err:
-        raise PrepError(f"cannot read ({err.strerror})", path) from None
-    except UnicodeDecodeError as err:
-        raise PrepError(f"not UTF-8 text ({err.reason})", path) from None
+    """The file's lines (split at ``\\n`` only: U+2028 in an item's text is no line end), read within the
+    bounds of :mod:`dataset_prep.streams`."""
+    return [line for _, line in text_lines(path)]
 
 
 def _index_file(path: Path) -> list[str]:

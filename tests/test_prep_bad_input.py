@@ -547,11 +547,8 @@ def test_unusable_files(tmp_path: Path, capsys, good: Path, files: dict, message
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        (None, "{spec}: cannot read spec file (Is a directory)"),
-        (
-            b"\xff\xfe2018:Magazine_Subscriptions\n",
-            "{spec}: spec file is not UTF-8 text (invalid start byte)",
-        ),
+        (None, "{spec}: is a folder, not a file"),
+        (b"2018:Magazine_Subscriptions\n\xc3(\n", "{spec}:2: not UTF-8 text (invalid continuation byte)"),
         (b"# nothing\n", "no category given: use --category (repeatable) or --spec"),
     ],
     ids=["folder", "binary", "only-comments"],
@@ -592,6 +589,18 @@ def test_internal_error_is_one_line_with_exit_1(
         "srt-prep: error: internal error RuntimeError: a bug (please report it; rerun with --debug or "
         "SRT_DEBUG=1 for the traceback)\n"
     )
+
+
+def test_an_error_message_with_line_breaks_is_one_line(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(opts: object) -> dict:
+        raise PrepError("the first line\nThe second:\r\n  third", tmp_path)
+
+    monkeypatch.setattr(convert_module, "convert", broken)
+    args = ["convert", "--category", "2018:All_Beauty", "--input", str(tmp_path), "--output", str(tmp_path)]
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"srt-prep: error: {tmp_path}: the first line The second: third\n"
 
 
 # --- 6. the engine: memory limit and spill folder ---------------------------------------------------------

@@ -178,7 +178,8 @@ def copy_fixture(tmp_path: Path, release: str, files: dict[str, bytes]) -> Path:
 def test_bad_lines_are_counted_and_kept_rows_survive(tmp_path: Path, capsys) -> None:
     reviews = (FIXTURES / "2023" / "All_Beauty.jsonl").read_bytes().splitlines(keepends=True)
     bad = [b"this is not JSON\n", b'{"user_id": "AEUSER0009", "parent_asin": "P0000001"}\n', b"[1, 2]\n"]
-    non_utf8 = reviews[0].replace(b'"Love it"', b'"Caf\xe9 \xff"')
+    # a copy of line 1 one millisecond later (an exact duplicate would be dropped as one), with bad bytes
+    non_utf8 = reviews[0].replace(b'"Love it"', b'"Caf\xe9 \xff"').replace(b"00000000,", b"00000001,")
     data = b"".join([reviews[0], bad[0], *reviews[1:4], bad[1], non_utf8, bad[2], *reviews[4:]])
     src = copy_fixture(
         tmp_path,

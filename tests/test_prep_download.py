@@ -386,7 +386,7 @@ def test_body_cut_short_keeps_the_part_and_resumes(
     if mode == "chunked-cut":
         assert line.startswith(f"srt-prep: error: {part}: download of http://127.0.0.1:")
         assert (
-            f"interrupted after {received} bytes (IncompleteRead({received} bytes read)); " in line
+            f"interrupted after {received} bytes (the connection closed before the end of the body); " in line
             and "rerun to resume" in line
         )
     else:

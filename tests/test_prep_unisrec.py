@@ -130,8 +130,11 @@ TOY = {
             "{src}/Toy.test.inter: no test lines (only the header): nothing to import",
         ),
         ({"Toy.user2index": "U0\t0\nU1\t0\n"}, "{src}/Toy.user2index:2: index 0 appears twice"),
-        ({"Toy.text": None}, "{src}/Toy.text: cannot read (Is a directory)"),
-        ({"Toy.valid.inter": b"\xff\xfe"}, "{src}/Toy.valid.inter: not UTF-8 text (invalid start byte)"),
+        ({"Toy.text": None}, "{src}/Toy.text: is a folder, not a file"),
+        (
+            {"Toy.valid.inter": b"\xc3("},
+            "{src}/Toy.valid.inter:1: not UTF-8 text (invalid continuation byte)",
+        ),
         (
             {"Toy.test.inter": HEAD + "0\t0 1 2\t7\n"},
             "{src}/Toy.test.inter:2: user or item index out of range",

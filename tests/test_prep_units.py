@@ -75,6 +75,15 @@ def test_corrupt_gzip_and_missing_file(tmp_path: Path) -> None:
         verify_gzip(tmp_path / "plain.gz")
 
 
+def test_clean_text_drops_invisible_characters() -> None:
+    """Zero-width and bidirectional control characters (a title shown reversed by U+202E) are removed, also
+    when they come from an entity; ZWJ stays (it shapes scripts and emoji)."""
+    assert clean_text("Safe\u200b title \u202eevil\u202c") == "Safe title evil"
+    assert clean_text("&#8203;a\u2066b\u2069\ufeff\u200e\u00ad") == "ab"
+    assert clean_text(["\u200b", "\u202e"]) == ""
+    assert clean_text("\u0915\u094d\u200d\u0937") == "\u0915\u094d\u200d\u0937"
+
+
 def test_clean_text() -> None:
     assert clean_text('<span class="a-size-medium a-color-secondary"') == ""
     assert clean_text("<p>Fish &amp; Chips</p>\t\r\nfor\u2028two") == "Fish & Chips for two"
