@@ -37,7 +37,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
-from recbole_srt.features import ItemEncoder, ItemFeatureError, read_item_texts
+from recbole_srt.catalog import ItemFeatureError, read_item_texts
+from recbole_srt.encoder import ItemEncoder
 from recbole_srt.store import VectorStore
 
 PLAIN = "plain encode (torch fp32)"

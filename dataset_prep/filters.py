@@ -3,9 +3,16 @@
 :func:`stage_rows` builds table ``rows`` (user code, item code, position, time, rating) with ``stage``, the
 first filter a row fails, in the order the filters run (:data:`STAGES`; 0 when it passes them all), so
 drop reasons never overlap; :func:`apply_metadata` adds the metadata stages once the metadata is read.
-:func:`duplicates` then marks, among the rows that pass, the repeats of a (user, item) pair, and
-:func:`k_core` iterates to the k-core of what is left (tables ``alive_users`` and ``alive_items``) and marks
-the rows outside it. :data:`KEPT_ROWS` is the final selection: the rows still at stage 0.
+:func:`duplicates` then marks, among the rows that pass, the repeats of a (user, item) pair (with
+``--dedup all``, the exact duplicates only), and :func:`k_core` iterates to the k-core of what is left (tables
+``alive_users`` and ``alive_items``) and marks the rows outside it. :data:`KEPT_ROWS` is the final selection:
+the rows still at stage 0.
+
+**Exact duplicates** (:func:`exact_duplicates_sql`, the one definition): rows of the same user, item and time,
+beyond the first. They carry nothing the first does not (a repeat at another time is a new interaction),
+and a time-ordered split puts a user's test target into that user's own history. Every data path drops them
+and says how many: srt-prep here, and every RecBole dataset the plugin loads (any model, run by
+``run_recbole``, ``srt-finetune`` or RecBole's own loaders) through :func:`exact_duplicate_rows`.
 """
 
 from __future__ import annotations
@@ -44,6 +51,32 @@ class Criteria:
     drop_missing_text: bool
 
 
+def exact_duplicates_sql(table: str, where: str = "TRUE") -> str:
+    """SQL selecting the position ``r`` of every exact duplicate among the rows of ``table`` (columns ``uc``
+    user, ``ic`` item, ``ts`` time, ``r`` position) that satisfy ``where``: a row whose user, item and time
+    a row before it (smaller ``r``) has, so the first of each is kept. A row without a time (NULL or NaN) is
+    never one: nothing says it is the same interaction."""
+    return f"""SELECT r FROM (
+            SELECT r, row_number() OVER (PARTITION BY uc, ic, ts ORDER BY r) AS nth FROM {table}
+            WHERE ({where}) AND NOT isnan(ts)
+        ) WHERE nth > 1"""
+
+
+def exact_duplicate_rows(users: object, items: object, times: object) -> np.ndarray:
+    """The positions (0-based, ascending) of the exact duplicates (:func:`exact_duplicates_sql`) among the
+    interactions given as three equally long columns (arrays or pandas Series), found in DuckDB."""
+    import duckdb  # here, so that importing the filters does not load it
+    import pyarrow as pa
+
+    rows = pa.table(
+        {"uc": users, "ic": items, "ts": pa.array(times, pa.float64()), "r": np.arange(len(times))}
+    )
+    with duckdb.connect() as con:
+        con.register("interactions", rows)
+        found = con.execute(exact_duplicates_sql("interactions")).fetchnumpy()["r"]
+    return np.sort(np.asarray(found, dtype=np.int64))
+
+
 def stage_rows(criteria: Criteria, dedup: str) -> list[tuple[str, list[object]]]:
     """The statements (and their parameters) that build table ``rows``, every row of ``raw`` with its codes
     and its stage but for the metadata stages (:func:`apply_metadata`), and table ``losers`` (see
@@ -62,7 +95,9 @@ def stage_rows(criteria: Criteria, dedup: str) -> list[tuple[str, list[object]]]
                   ELSE 0 END)::UTINYINT AS stage
         FROM raw JOIN users u ON raw.user = u.token JOIN items i ON raw.item = i.token"""
     statements = [(sql, [criteria.start, criteria.end, threshold])]
-    if dedup != "all":
+    if dedup == "all":  # repeats at other times stay; exact duplicates carry nothing
+        statements.append((f"CREATE TABLE losers AS {exact_duplicates_sql('rows', 'stage IN (0, 6)')}", []))
+    else:
         way = "ASC" if dedup == "first" else "DESC"
         losers = f"""CREATE TABLE losers AS SELECT r FROM (
             SELECT r, row_number() OVER (PARTITION BY uc, ic ORDER BY ts {way}, r {way}) AS nth
@@ -124,9 +159,7 @@ def summarise(engine: Engine) -> StageSummary:
 def duplicates(engine: Engine, dedup: str) -> int:
     """Mark with stage :data:`DUPLICATE` the rows that pass every filter but repeat a (user, item) pair (table
     ``losers``): ``first`` keeps the earliest of a pair, ``last`` the latest (equal times: input order),
-    ``all`` every row. The number marked."""
-    if dedup == "all":
-        return 0
+    ``all`` every row at its own time (the exact duplicates go). The number marked."""
     return engine.one(
         f"UPDATE rows SET stage = {DUPLICATE} FROM losers WHERE rows.r = losers.r AND rows.stage = 0"
     )[0]

@@ -1,4 +1,5 @@
-"""Item text cleaning: HTML out, one line, single spaces, no characters that break a TSV row.
+"""Item text cleaning: HTML out, one line, single spaces, no characters that break a TSV row, no invisible
+characters.
 
 RecBole reads atomic files with ``pandas.read_csv(sep="\\t", engine="python")`` and default quoting, so
 a cell must hold no tab, no line break of any kind, and must not start a quoted field: double quotes
@@ -16,9 +17,17 @@ from collections.abc import Iterable
 _TAG = re.compile(r"<[A-Za-z/!][^<>]*(?:>|$)")
 # Every whitespace (tabs, CR, LF, U+2028, ...) and every control character.
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+# Invisible characters, removed: zero-width space, word joiner, BOM / zero-width no-break space, Mongolian
+# vowel separator, soft hyphen, and the bidirectional controls (marks, embeddings, overrides such as U+202E,
+# isolates), which can make a title display reversed. ZWJ and ZWNJ (U+200C, U+200D) stay: they shape
+# Indic and Persian words and emoji.
+_INVISIBLE = "\xad\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+_HIDDEN = re.compile(f"[{_INVISIBLE}]+")
 # A character clean_text would change: entity/tag start, quote, control, or whitespace other than " "
 # (Python's str.isspace set, spelled out so that one character class does the test).
-_DIRTY_CHAR = re.compile('[&<"\x00-\x1f\x7f-\x9f\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]')
+_DIRTY_CHAR = re.compile(
+    f'[&<"\x00-\x1f\x7f-\x9f\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000{_INVISIBLE}]'
+)
 # What a RecBole token cannot hold: every whitespace character (str.isspace), every control character, and
 # '"'. The converter tests ids against this set in the engine (dataset_prep.table).
 TOKEN_BREAKERS = '"' + "".join(map(chr, [
@@ -40,6 +49,7 @@ def clean_text(value: object, max_len: int | None = None) -> str:
         text = html.unescape(text) if "&" in text else text
         if "<" in text:
             text = _TAG.sub(" ", text)
+        text = _HIDDEN.sub("", text)
         text = _SPACE.sub(" ", text.replace('"', "'")).strip()
     if max_len is not None and len(text) > max_len:
         cut = text.rfind(" ", 0, max_len + 1)
@@ -52,3 +62,9 @@ def join_categories(values: Iterable[object]) -> str:
     names = (name for value in values for name in (value if isinstance(value, list | tuple) else [value]))
     cleaned = (clean_text(name) for name in names)
     return CATEGORY_SEPARATOR.join(dict.fromkeys(text for text in cleaned if text))  # first-seen order
+
+
+def join_text(values: Iterable[str]) -> str:
+    """An item's text from its text fields: the non-empty values, stripped, joined by ``". "`` (how SRT
+    reads a catalog, :mod:`recbole_srt.catalog`, and how ``srt-prep merge`` writes a corpus)."""
+    return ". ".join(value.strip() for value in values if value.strip())

@@ -18,7 +18,7 @@ from recbole_srt import registration  # noqa: E402
 
 registration.register()
 
-from recbole_srt.features import ItemEncoder  # noqa: E402
+from recbole_srt.encoder import ItemEncoder  # noqa: E402
 from recbole_srt.model.srt import SRT  # noqa: E402
 from recbole_srt.pipeline import Run, RunRecord, make_config, run  # noqa: E402
 from recbole_srt.serve import Recommender  # noqa: E402

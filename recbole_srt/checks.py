@@ -34,7 +34,7 @@ from recbole.config import Config
 from recbole.data import create_dataset
 from recbole.utils import EvaluatorType
 
-from recbole_srt.features import ItemEncoder
+from recbole_srt.encoder import ItemEncoder
 from recbole_srt.model.srt import check_config
 from recbole_srt.optim import build_optimizer
 from recbole_srt.overrides import SettingError, check_setting_types, read_config_file
@@ -120,7 +120,8 @@ def _check_valid_metric(config: Config) -> None:
 
 def _check_paths_and_epochs(config: Config) -> None:
     """Path settings hold a path and folders are not files (RecBole would fail after loading and
-    encoding); ``epochs`` is at least 1 (0 would evaluate and save an untrained model)."""
+    encoding); ``epochs`` is at least 1 (0 would evaluate and save an untrained model); nothing is saved
+    as a pickle (``save_dataset``, ``save_dataloaders``)."""
     for key in ("checkpoint_dir", "feature_cache_dir", "item_feature_file"):
         value = config[key]
         if value is not None and not isinstance(value, str):
@@ -129,6 +130,12 @@ def _check_paths_and_epochs(config: Config) -> None:
             raise SettingError(f"setting {key}: {value} is a file, not a folder")
     if config["epochs"] < 1:
         raise SettingError(f"setting epochs must be at least 1, got {config['epochs']}")
+    for key, what in (("save_dataset", "the dataset"), ("save_dataloaders", "the split dataloaders")):
+        if config[key]:
+            raise SettingError(
+                f"setting {key}: RecBole saves {what} as a pickle, which is never read back here (unpickling "
+                "can run arbitrary code); the dataset is built from its atomic files each run"
+            )
 
 
 def check_config_before_data(config: Config) -> None:

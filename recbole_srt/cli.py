@@ -26,6 +26,10 @@ from recbole_srt.pipeline import make_config, run
 USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
+class RankError(ValueError):
+    """A process of a distributed run (``--nproc``) that died: killed, out of memory, crashed."""
+
+
 class user_errors:  # noqa: N801  (used as a context manager, like contextlib's lower-case helpers)
     """Turn :data:`USER_ERRORS` into ``prog: error: message`` on stderr (:attr:`status` 2) and Ctrl-C
     into ``prog: interrupted`` (130); truthy once one happened.
@@ -82,7 +86,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
 
 
 def _rank(local_rank: int, args: argparse.Namespace, config_files: list[str] | None, settings: dict) -> None:
-    """One DDP process (``torch.multiprocessing.spawn`` target)."""
+    """One DDP process (``torch.multiprocessing.spawn`` target). A user error is its one line (naming the
+    rank) and exit status 2, which :func:`main` takes as said."""
     import torch.distributed
 
     import recbole_srt  # noqa: F401  (registers SRT in the spawned process)
@@ -95,10 +100,31 @@ def _rank(local_rank: int, args: argparse.Namespace, config_files: list[str] | N
         "nproc": args.nproc,
         "offset": args.group_offset,
     }
-    record = run(make_config(args.model, args.dataset, config_files, {**settings, **distributed})).record
-    torch.distributed.destroy_process_group()
+    with user_errors(f"run_recbole (rank {local_rank})") as failed:
+        record = run(make_config(args.model, args.dataset, config_files, {**settings, **distributed})).record
+        torch.distributed.destroy_process_group()
+    if failed:
+        sys.exit(failed.status)
     if local_rank == 0:
         _report(record)
+
+
+def _spawn(args: argparse.Namespace, config_files: list[str] | None, settings: dict) -> int:
+    """Run :func:`_rank` in ``args.nproc`` processes; the exit status (2: a rank reported its own error). A
+    rank that dies otherwise stops the others and is one :class:`RankError` naming it and its exit code."""
+    import torch.multiprocessing as mp
+
+    try:
+        mp.spawn(_rank, args=(args, config_files, settings), nprocs=args.nproc, join=True)
+    except mp.ProcessExitedException as error:
+        if error.exit_code == 2:  # the rank said why, in its own line
+            return 2
+        signal = f" ({error.signal_name})" if error.signal_name else ""
+        raise RankError(
+            f"rank {error.error_index} (pid {error.error_pid}) exited with code {error.exit_code}{signal}; "
+            "the other ranks were stopped (the best checkpoint so far is whole)"
+        ) from None
+    return 0
 
 
 def _report(record) -> None:
@@ -115,10 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with user_errors("run_recbole") as failed:
         settings = parse_overrides(rest, known_config_keys(config_files or ()))
         if args.nproc > 1 or args.world_size > 0:
-            import torch.multiprocessing as mp
-
             make_config(args.model, args.dataset, config_files, settings)  # bad settings: here, not per rank
-            mp.spawn(_rank, args=(args, config_files, settings), nprocs=args.nproc, join=True)
+            if _spawn(args, config_files, settings):
+                return 2
         else:
             _report(run(make_config(args.model, args.dataset, config_files, settings)).record)
     return failed.status

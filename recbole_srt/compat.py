@@ -20,7 +20,8 @@ imported, that RecBole 1.2.1 is installed.)
 * :func:`safe_recbole_checkpoints`: RecBole pickles its ``Config`` into every checkpoint, so its readers
   (``load_data_and_model``, ``resume_checkpoint``, ``evaluate``) run whatever code the file holds (torch
   >= 2.6 refuses it). Every trainer writes SRT's weights-only format instead and the readers read it,
-  its config dict made a ``Config`` again; no file is ever unpickled in full.
+  its config dict made a ``Config`` again; no file is ever unpickled in full. Its data module unpickles
+  any saved dataset or dataloaders it finds in ``checkpoint_dir``: those are refused unread.
 * :func:`default_no_negatives_for_ce` (``Config._set_default_parameters``): RecBole ships
   ``train_neg_sample_args: uniform`` and then refuses it for its own CE models (SASRec's and BERT4Rec's
   default).
@@ -34,6 +35,10 @@ imported, that RecBole 1.2.1 is installed.)
 * :func:`ddp_on_cpu` (``Config._init_device``, ``DistributedDataParallel`` in ``recbole.trainer.trainer``):
   DDP hard-codes NCCL and CUDA devices, so ``run_recbole --nproc=N`` cannot run without a GPU; gloo and
   CPU when no GPU is used.
+* :func:`exact_duplicates_dropped` (``Dataset._remove_duplication``): RecBole trains and evaluates on exact
+  duplicate interactions (the same user, item and time twice), which put a test target into its own
+  history; they are dropped with one warning, for every model, before RecBole's filters
+  (:func:`dataset_prep.filters.exact_duplicate_rows`, the definition srt-prep uses too).
 
 :func:`apply` runs them all; ``import recbole_srt`` calls it.
 """
@@ -55,6 +60,7 @@ import numpy as np
 import pandas as pd
 import recbole
 import recbole.data.dataset.dataset as recbole_dataset
+import recbole.data.utils as recbole_data_utils
 import recbole.quick_start.quick_start as recbole_quick_start
 import recbole.trainer.hyper_tuning as recbole_hyper_tuning
 import recbole.trainer.trainer as recbole_trainer
@@ -64,7 +70,14 @@ from recbole.data.dataset import Dataset
 from recbole.utils import FeatureType, ModelType, set_color
 from torch.nn.parallel import DistributedDataParallel
 
-from recbole_srt.checkpoint import checkpoint_state, read_checkpoint, recbole_state, write_checkpoint
+from dataset_prep.filters import exact_duplicate_rows
+from recbole_srt.checkpoint import (
+    CheckpointError,
+    checkpoint_state,
+    read_checkpoint,
+    recbole_state,
+    write_checkpoint,
+)
 
 # RecBole modules that torch.load checkpoints (Trainer.resume_checkpoint,
 # Trainer.evaluate(load_best_model=True), quick_start.load_data_and_model).
@@ -298,10 +311,23 @@ def _load_for_recbole(f, *args, **kwargs):
     return read_checkpoint(f, kwargs.get("map_location"))
 
 
+def _refuse_unpickling(file) -> None:
+    """``pickle.load`` for RecBole's data module, which unpickles any saved dataset or split dataloaders it
+    finds (``save_dataset``, ``save_dataloaders``; in ``checkpoint_dir``, ``dataset_save_path`` or
+    ``dataloaders_save_path``): never."""
+    raise CheckpointError(
+        f"{getattr(file, 'name', file)}: a pickled RecBole dataset or dataloaders (save_dataset, "
+        "save_dataloaders); not read, since unpickling it can run arbitrary code. Move it away: the dataset "
+        "is built from its atomic files"
+    )
+
+
 def safe_recbole_checkpoints() -> None:
-    """No RecBole trainer writes, and no RecBole reader unpickles, a full pickle (idempotent)."""
+    """No RecBole trainer writes, and no RecBole reader unpickles, a full pickle (idempotent): neither a
+    checkpoint nor a saved dataset or dataloaders."""
     recbole_trainer.Trainer._save_checkpoint = _save_checkpoint
     torch.load = _load_for_recbole
+    recbole_data_utils.pickle = ModuleView(_library(recbole_data_utils.pickle), load=_refuse_unpickling)
 
 
 _recbole_set_default_parameters = Config._set_default_parameters
@@ -439,6 +465,30 @@ def ddp_on_cpu() -> None:
     recbole_trainer.DistributedDataParallel = _distributed_model
 
 
+_recbole_remove_duplication = Dataset._remove_duplication
+
+
+def _remove_duplication(self: Dataset) -> None:
+    """``Dataset._remove_duplication`` (``rm_dup_inter``), after the exact duplicate interactions are dropped
+    with one warning that counts them (the first of each is kept). Needs the time field loaded: without
+    it, a repeat cannot be told from a duplicate."""
+    frame, fields = self.inter_feat, (self.uid_field, self.iid_field, self.time_field)
+    if all(field is not None and field in frame for field in fields):
+        rows = exact_duplicate_rows(*(frame[field].to_numpy() for field in fields))
+        if len(rows):
+            self.logger.warning(
+                f"dataset {self.dataset_name}: {len(rows)} exact duplicate interactions (the same user, item "
+                "and time as an earlier row) dropped, the first of each kept"
+            )
+            self.inter_feat = frame.drop(index=frame.index[rows])
+    _recbole_remove_duplication(self)
+
+
+def exact_duplicates_dropped() -> None:
+    """Every RecBole dataset loses its exact duplicate interactions before RecBole's filters."""
+    Dataset._remove_duplication = _remove_duplication
+
+
 def apply() -> None:
     """Patch RecBole 1.2.1 (:func:`recbole_srt.stack.check_stack` has checked that it is that version)."""
     numpy_aliases()
@@ -452,3 +502,4 @@ def apply() -> None:
     literal_config_values()
     plugin_model_yamls()
     ddp_on_cpu()
+    exact_duplicates_dropped()

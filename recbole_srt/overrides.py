@@ -6,12 +6,13 @@ of the project (``run_recbole``, ``srt-finetune``, ``benchmarks/compare.py``, ``
 parses its overrides here. Dotted keys (``recbole.epochs``) reach nested mappings.
 
 Also the settings' own checks: :func:`read_config_file` (a YAML config file, or one clear error) and
-:func:`check_setting_types` (a setting whose default is a number or a boolean holds one).
+:func:`check_setting_types` (a setting whose default is a number or a boolean holds one, finite).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Collection, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -96,7 +97,8 @@ def _kind(value) -> type | None:
 
 
 def check_setting_types(config: Config, defaults: Mapping) -> None:
-    """Every setting of ``config`` whose default in ``defaults`` is a bool, an int or a float holds one."""
+    """Every setting of ``config`` whose default in ``defaults`` is a bool, an int or a float holds one;
+    a number is finite (a NaN rate or temperature would turn every score NaN)."""
     exempt = _MODEL_VALIDATED.get(config["model"], ())
     for key, default in defaults.items():
         kind = _kind(default)
@@ -105,6 +107,8 @@ def check_setting_types(config: Config, defaults: Mapping) -> None:
         value = config[key]
         if _kind(value) is not kind and not (kind is float and _kind(value) is int):
             raise SettingError(f"setting {key} must be {_KIND_NAMES[kind]}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise SettingError(f"setting {key} must be a finite number, got {value!r}")
 
 
 def apply_overrides(target: dict, overrides: dict[str, Any]) -> dict:

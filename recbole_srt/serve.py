@@ -11,7 +11,7 @@ with no retraining. ::
 A catalog is a RecBole ``.item`` atomic file (the checkpoint's ``text_fields``), a ``.jsonl`` file
 (one object a line: ``item_id`` and text fields) or a ``.tsv`` file with a header row (first
 column the id, the others text). An item's text is its non-empty text fields joined by ``". "``,
-as in training (:mod:`recbole_srt.features`), and it is encoded with the
+as in training (:mod:`recbole_srt.catalog`), and it is encoded with the
 checkpoint's ``text_encoder``; vectors come from (and go to) the encoder's content-keyed store.
 
 Checkpoints are read without unpickling code (:mod:`recbole_srt.checkpoint`); RecBole's full-pickle
@@ -29,9 +29,11 @@ from pathlib import Path
 
 import torch
 
+from recbole_srt.catalog import check_text_coverage, read_catalog
 from recbole_srt.checkpoint import CheckpointError, feature_size, load_srt_checkpoint
 from recbole_srt.cli import quiet_library_warnings, user_errors
-from recbole_srt.features import ItemEncoder, check_feature_size, check_text_coverage, read_catalog
+from recbole_srt.encoder import ItemEncoder
+from recbole_srt.features import check_feature_size
 from recbole_srt.model.srt import SRT
 
 logger = logging.getLogger(__name__)
@@ -65,15 +67,25 @@ class Recommender:
         self._row = {item: row for row, item in enumerate(self.item_ids, 1)}  # row 0 is padding
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, catalog: str | Path, device: str = "cpu") -> Recommender:
-        """The checkpoint's SRT over ``catalog``'s items, encoded with its ``text_encoder`` (cached)."""
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        catalog: str | Path,
+        device: str = "cpu",
+        *,
+        text_encoder: str | None = None,
+    ) -> Recommender:
+        """The checkpoint's SRT over ``catalog``'s items, encoded with its ``text_encoder`` (cached in the
+        store of ``$RECBOLE_SRT_CACHE``, never where the checkpoint says). ``text_encoder``: the encoder to
+        load, which must be the one the checkpoint was trained with; needed when that was a local folder
+        (:func:`recbole_srt.encoder.encoder_for_checkpoint`)."""
         device = resolve_device(device)
-        saved = load_srt_checkpoint(checkpoint, device)
+        saved = load_srt_checkpoint(checkpoint, device, {"text_encoder": text_encoder})
         config = saved["config"]
         if config["item_feature_file"] is not None:
             raise CheckpointError(
-                f"{checkpoint}: trained on precomputed features ({config['item_feature_file']}), "
-                "not on text; new items cannot be encoded the same way"
+                f"{checkpoint}: trained on precomputed features (item_feature_file), not on text; new items "
+                "cannot be encoded the same way"
             )
         config["device"] = device
         items = read_catalog(catalog, config["ITEM_ID_FIELD"], config["text_fields"])
@@ -85,7 +97,13 @@ class Recommender:
         features = torch.from_numpy(encoder.vectors(items.texts, padding_row=True))
         check_feature_size(feature_size(saved["state_dict"]), features, f"{encoder.name} on {catalog}")
         model = SRT(config, item_features=features)
-        model.load_state_dict(saved["state_dict"])
+        if model.load_transferred(saved["state_dict"]):
+            logger.warning(
+                "%s: its item-ID table belongs to its training data's internal ids; %s's items are scored "
+                "by their text alone",
+                checkpoint,
+                catalog,
+            )
         return cls(model.to(device), items.tokens, items.texts, encoder)
 
     def add_items(self, items: Mapping[str, str]) -> None:
@@ -163,7 +181,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--include-history", action="store_true", help="may recommend items of the history")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--text-encoder",
+        help="the encoder to load: the checkpoint's own (default); a folder when it was trained with one",
+    )
     args = parser.parse_args(argv)
+    if args.k < 1:  # checked before anything is loaded
+        parser.error(f"-k must be at least 1, got {args.k}")
     ids = [item for item, _ in args.new_item]  # checked before anything is loaded
     if "" in ids or len(set(ids)) < len(ids):
         parser.error(f"--new-item ids must be non-empty and distinct, got {ids}")
@@ -174,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_library_warnings()
     with user_errors("srt-recommend") as failed:
-        recommender = Recommender.from_checkpoint(args.checkpoint, args.catalog, args.device)
+        recommender = Recommender.from_checkpoint(
+            args.checkpoint, args.catalog, args.device, text_encoder=args.text_encoder
+        )
         recommender.add_items(dict(args.new_item))
         top = recommender.recommend(args.history, args.k, exclude_history=not args.include_history)
     if failed:

@@ -8,14 +8,19 @@ Layout of one setting's folder (:attr:`ItemEncoder.setting` names it)::
 
     <folder>/<shard>.keys.npy      S16 [n]     digests of the shard's texts
     <folder>/<shard>.vectors.npy   float32 [n, F]
-    <folder>/<shard>.json          shape, dtype and SHA-256 of both files, the vectors' size and mtime
+    <folder>/<shard>.json          shape, dtype, and a record (:func:`record_file`) of each file
 
 A shard is written once (atomically, the index last: a shard without its index does not exist)
 and never changed; each new batch of texts adds one, in the order asked. Reading memory-maps the
 vectors: opening a store of a million items reads only its keys, and asking again for the texts of
-one shard in its order returns the mapped rows themselves, copying nothing. A shard whose vectors'
-size or modification time differs from its index is checked in full (shape, dtype, SHA-256); a
-damaged one is dropped with one warning, and its texts are encoded again when they are asked for.
+one shard in its order returns the mapped rows themselves, copying nothing.
+
+**Every read is verified** (:func:`verify_file`, the one verified-read path, shared with the encoder's
+cache of exported models): a shard is used only while each of its two files is the file its index
+records, untouched since (the same size, modification and change times and inode; the change time
+cannot be set back, so a file written, replaced, swapped or renamed over since fails it) or, when not,
+hashed again to the recorded SHA-256. A damaged shard (or one whose index cannot be read) is dropped with
+its files and one warning, and its texts are encoded again when they are asked for.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+import os
+import stat
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +47,15 @@ PADDING = b"\0" * 16
 
 
 class StoreError(ValueError):
-    """The store cannot be written."""
+    """The store, or the encoder cache beside it, cannot be written."""
+
+
+def unwritable(what: str, folder: Path, error: OSError) -> StoreError:
+    """The one error of a cache under ``feature_cache_dir`` that cannot be written."""
+    return StoreError(
+        f"cannot write the {what} {folder} ({error}); set feature_cache_dir (or $RECBOLE_SRT_CACHE) to a "
+        "writable folder"
+    )
 
 
 def digests(texts: Sequence[str]) -> np.ndarray:
@@ -49,9 +64,41 @@ def digests(texts: Sequence[str]) -> np.ndarray:
     return np.array([blake2b(t.encode(), digest_size=16).digest() for t in texts], dtype=DIGEST)
 
 
-def _sha256(path: Path) -> str:
+def _regular(path: Path) -> os.stat_result:
+    """``path``'s stat; ``ValueError`` unless a regular file (a FIFO or a device would block or never end)."""
+    found = os.stat(path)
+    if not stat.S_ISREG(found.st_mode):
+        raise ValueError("not a regular file")
+    return found
+
+
+def _signature(found: os.stat_result) -> list[int]:
+    """What any write, truncation, replacement or rename of a file changes (the change time cannot be set
+    back)."""
+    return [found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino]
+
+
+def record_file(path: Path) -> dict:
+    """What :func:`verify_file` checks ``path`` against later: its SHA-256 and its stat signature."""
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        found = os.fstat(f.fileno())
+        return {"sha256": hashlib.file_digest(f, "sha256").hexdigest(), "stat": _signature(found)}
+
+
+def verify_file(path: Path, record: Mapping) -> tuple[str | None, dict | None]:
+    """Whether ``path`` holds what ``record`` (:func:`record_file`) describes: ``(problem, None)`` when it
+    does not; ``(None, fresh)`` when it does, ``fresh`` the record to keep when only its stat changed (a
+    copy, a restore), else ``None``. A file whose stat is the recorded one is not read; any other is hashed
+    in full. Never raises for a missing, unreadable or special file: that is a problem."""
+    try:
+        if _signature(_regular(path)) == record.get("stat"):
+            return None, None
+        fresh = record_file(path)
+    except (OSError, ValueError) as error:
+        return f"unreadable ({getattr(error, 'strerror', None) or error})", None
+    if fresh["sha256"] != record.get("sha256"):
+        return "differs from the SHA-256 recorded when it was written", None
+    return None, fresh
 
 
 class VectorStore:
@@ -79,43 +126,48 @@ class VectorStore:
         return len(self._index)
 
     def _open_shard(self, index_file: Path) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(keys, vectors)`` of one shard, or ``None`` (with a warning) when it is damaged."""
+        """``(keys, vectors)`` of one shard, verified (module docstring); ``None`` when it is damaged, its
+        files removed (with one warning): the shard no longer exists, and its texts are encoded again."""
         stem = index_file.name.removesuffix(".json")
-        keys_file, vectors_file = (index_file.with_name(f"{stem}.{part}.npy") for part in ("keys", "vectors"))
+        files = {part: index_file.with_name(f"{stem}.{part}.npy") for part in ("keys", "vectors")}
         try:
+            _regular(index_file)
             index = json.loads(index_file.read_text(encoding="utf-8"))
             if not isinstance(index, dict):
                 raise ValueError(f"a JSON {type(index).__name__}, not an object")
-            keys = np.load(keys_file, allow_pickle=False)
-            vectors = np.load(vectors_file, mmap_mode="c", allow_pickle=False)
-            found = vectors_file.stat()
-        except (OSError, ValueError, EOFError) as error:
-            logger.warning(
-                "item feature store %s: shard %s unreadable (%s); re-encoding", self.folder, stem, error
-            )
-            with contextlib.suppress(OSError):
-                index_file.unlink(missing_ok=True)  # the shard no longer exists; its files are rewritten
-            return None
-        recorded = (index.get("shape"), index.get("dtype"), index.get("keys_sha256"))
-        stat = [found.st_size, found.st_mtime_ns]
-        problem = None
-        if list(vectors.shape) != recorded[0] or keys.dtype != DIGEST or len(keys) != vectors.shape[0]:
-            problem = f"shape {list(vectors.shape)}, {len(keys)} keys; its index records {recorded[0]}"
-        elif str(vectors.dtype) != recorded[1]:
-            problem = f"dtype {vectors.dtype}, its index records {recorded[1]}"
-        elif stat != index.get("vectors_stat"):  # touched since it was written: check every byte
-            if _sha256(vectors_file) != index.get("vectors_sha256") or _sha256(keys_file) != recorded[2]:
-                problem = "its content differs from the SHA-256 its index records"
-            else:
-                with contextlib.suppress(OSError):  # a read-only store is checked in full each time
-                    self._write_index(index_file, {**index, "vectors_stat": stat})
+        except (OSError, ValueError) as error:
+            problem, fresh = f"index unreadable ({error})", {}
+        else:
+            problem, fresh = self._verify(index, files)
+        if problem is None:
+            try:
+                keys = np.load(files["keys"], allow_pickle=False)
+                vectors = np.load(files["vectors"], mmap_mode="c", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as error:  # as written, but not by this store
+                problem = f"not readable as arrays ({error})"
         if problem:
             logger.warning("item feature store %s: shard %s: %s; re-encoding", self.folder, stem, problem)
             with contextlib.suppress(OSError):
-                for path in (index_file, keys_file, vectors_file):
+                for path in (index_file, *files.values()):
                     path.unlink(missing_ok=True)
             return None
+        if fresh:
+            with contextlib.suppress(OSError):  # a read-only store is hashed again at each opening
+                self._write_index(index_file, {**index, **fresh})
         return keys, vectors
+
+    @staticmethod
+    def _verify(index: dict, files: dict[str, Path]) -> tuple[str | None, dict]:
+        """The first problem of the shard's files against its ``index``, and the records to refresh."""
+        fresh = {}
+        for part, path in files.items():
+            # an index of recbole-srt 0.1.0 records only SHA-256s: its files are hashed once, then recorded
+            problem, record = verify_file(path, index.get(part) or {"sha256": index.get(f"{part}_sha256")})
+            if problem:
+                return f"{part} file {problem}", {}
+            if record:
+                fresh[part] = record
+        return None, fresh
 
     def _append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Make one opened shard's ``keys`` and (memory-mapped) ``vectors`` findable."""
@@ -153,19 +205,14 @@ class VectorStore:
             for path, array in ((keys_file, keys), (vectors_file, vectors)):
                 with replacing(path) as tmp, open(tmp, "wb") as f:
                     np.save(f, array, allow_pickle=False)
-            found = vectors_file.stat()
             self._write_index(index_file, {
             "shape": list(vectors.shape),
             "dtype": str(vectors.dtype),
-            "keys_sha256": _sha256(keys_file),
-            "vectors_sha256": _sha256(vectors_file),
-            "vectors_stat": [found.st_size, found.st_mtime_ns],
+            "keys": record_file(keys_file),
+            "vectors": record_file(vectors_file),
             })  # fmt: skip
         except OSError as error:
-            raise StoreError(
-                f"cannot write the item feature store {self.folder} ({error}); set feature_cache_dir "
-                "(or $RECBOLE_SRT_CACHE) to a writable folder"
-            ) from None
+            raise unwritable("item feature store", self.folder, error) from None
         logger.info("item feature store %s: added %d vectors (%s)", self.folder, len(keys), name)
         self._append(keys, np.load(vectors_file, mmap_mode="c", allow_pickle=False))
 

@@ -33,8 +33,10 @@ from pathlib import Path
 
 from recbole.config import Config
 
+from recbole_srt.catalog import ItemFeatureError
 from recbole_srt.checkpoint import feature_size, load_srt_checkpoint
 from recbole_srt.cli import quiet_library_warnings, user_errors
+from recbole_srt.encoder import encoder_for_checkpoint
 from recbole_srt.features import check_feature_size
 from recbole_srt.model.srt import SRT
 from recbole_srt.overrides import known_config_keys, parse_overrides
@@ -52,7 +54,7 @@ ARCHITECTURE_KEYS = ("n_layers", "n_heads", "hidden_size", "inner_size", "hidden
 INHERITED_KEYS = ("loss_type", "neg_sample_num", "negatives", "negatives_from_training_items", "temperature",
                   "train_all_positions", "train_rows", "hidden_dropout_prob", "attn_dropout_prob",
                   "projection_dropout", "text_max_tokens", "text_encoder_backend",
-                  "text_encoder_precision")  # fmt: skip
+                  "text_encoder_precision", "item_id_embedding")  # fmt: skip
 
 
 class TransferError(ValueError):
@@ -72,6 +74,12 @@ def transfer_config(
     ``ARCHITECTURE_KEYS`` are then required to hold.
     """
     architecture = {key: source[key] for key in ARCHITECTURE_KEYS}
+    try:  # the checkpoint's encoder, or the user's own name (a folder) for it
+        architecture["text_encoder"] = encoder_for_checkpoint(
+            source["text_encoder"], (config_dict or {}).get("text_encoder")
+        )
+    except ItemFeatureError as error:
+        raise TransferError(str(error)) from None
     inherited = {key: source[key] for key in INHERITED_KEYS}
     config = make_config(
         "SRT",
@@ -80,12 +88,6 @@ def transfer_config(
         {**inherited, **architecture, **(config_dict or {})},
     )
     changed = {key: (value, config[key]) for key, value in architecture.items() if config[key] != value}
-    if "text_encoder" in changed:
-        was, now = changed["text_encoder"]
-        raise TransferError(
-            f"the checkpoint was trained on features of text_encoder {was!r}; fine-tuning with {now!r} "
-            "would feed it features it has never seen. Use the same encoder."
-        )
     if changed:
         details = ", ".join(
             f"{key}: checkpoint {was!r}, requested {now!r}" for key, (was, now) in changed.items()
@@ -97,10 +99,11 @@ def transfer_config(
 
 
 def load_pretrained(state_dict: dict, config: Config, dataset) -> SRT:
-    """SRT over ``dataset``'s item features with the pre-trained ``state_dict`` (any catalog size)."""
+    """SRT over ``dataset``'s item features with the pre-trained ``state_dict`` (any catalog size); with
+    ``item_id_embedding``, the target's items get a new ID table, trained in every stage."""
     model = SRT(config, dataset)
     check_feature_size(feature_size(state_dict), model.item_features, f"{config['dataset']}'s item features")
-    model.load_state_dict(state_dict)
+    model.load_transferred(state_dict)
     return model
 
 
@@ -148,6 +151,8 @@ def plan_stages(config: Config) -> list[Stage]:
         ]
     else:
         raise TransferError(f"finetune_strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if config["item_id_embedding"] != "none":  # the target's ID table is new: it trains in every stage
+        plan = [(name, (*prefixes, "item_id_embedding."), e) for name, prefixes, e in plan]
     rates = _learning_rates(config, strategy, len(plan))
     return [Stage(name, prefixes, e, lr) for (name, prefixes, e), lr in zip(plan, rates, strict=True)]
 
@@ -163,7 +168,9 @@ def finetune(
     The record holds the zero-shot metrics (``zero_shot_valid``/``zero_shot_test``), the stages and
     the fine-tuned run (best valid, test of the best-on-valid weights).
     """
-    pretrained = load_srt_checkpoint(checkpoint)
+    pretrained = load_srt_checkpoint(
+        checkpoint, settings={"text_encoder": (config_dict or {}).get("text_encoder")}
+    )
     config = transfer_config(pretrained["config"], dataset, config_file_list, config_dict)
     plan_stages(config)  # a bad strategy fails here, before any data is loaded or encoded
     return run(

@@ -21,7 +21,7 @@ from recbole.config import Config
 import recbole_srt.checks
 from recbole_srt import cli, serve, transfer
 from recbole_srt.checkpoint import FORMAT, encode_config, load_srt_checkpoint, write_checkpoint
-from recbole_srt.features import ItemEncoder
+from recbole_srt.encoder import ItemEncoder
 from recbole_srt.pipeline import run
 
 SCIENTIFIC_TEXT = SLICES / "scientific-unisrec" / "Scientific.text"
@@ -450,7 +450,7 @@ TOO_FEW = "too few interactions per user; add data or keep longer histories (use
 @pytest.mark.parametrize(
     ("keep", "args", "message"),
     [
-        # {users} and {rows}: counted in the rows written (7994 and 15988 in the full Magazine file)
+        # {users} and {rows}: counted in the rows written, without exact duplicates
         (
             _users_with(2),
             [],
@@ -475,7 +475,10 @@ def test_a_dataset_too_small_to_split_or_rank_is_refused_before_training(
 ):
     monkeypatch.setattr(ItemEncoder, "encode", lambda *a: pytest.fail("encoded before the error"))
     folder, rows = _magazine_dataset(tmp_path, "magazine", keep)
-    message = message.replace("{users}", str(len({row[1] for row in rows}))).replace("{rows}", str(len(rows)))
+    distinct = {(user, item, time) for item, user, _, time in rows}  # exact duplicates are dropped on loading
+    message = message.replace("{users}", str(len({row[1] for row in rows}))).replace(
+        "{rows}", str(len(distinct))
+    )
     argv = [
         *TINY_ARGS,
         "--dataset=magazine",
@@ -606,3 +609,91 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys) -> None:
     with cli.user_errors("run_recbole") as failed:
         raise KeyboardInterrupt
     assert failed.status == 130 and capsys.readouterr().err == "run_recbole: interrupted\n"
+
+
+def test_text_fields_missing_from_a_catalog_name_the_columns_it_has(trained, tmp_path, capsys):
+    good, root = trained
+    catalog = root / "tiny" / "tiny.item"
+    argv = [f"--checkpoint={good}", f"--catalog={catalog}", "--history", "i1"]
+    for text_fields in (["nope"], ["title", "nope"]):
+        with pytest.raises(ValueError) as raised:
+            serve.read_catalog(catalog, "item_id", text_fields)
+        columns = ["item_id", "title", "brand", "price"]
+        assert str(raised.value) == f"{catalog}: text fields {text_fields} not usable; the file has {columns}"
+    assert serve.main(argv) == 0  # the checkpoint's own fields are there
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_is_one_line_naming_it(tmp_path):
+    """run_recbole --nproc=2 on the CPU (gloo); one rank is killed mid-run: one line naming the rank and how
+    it exited, not torch's ProcessExitedException traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    write_tiny_dataset(tmp_path)
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    argv = [*TINY_ARGS, "--nproc=2", f"--port={port}", "--epochs=200", "--stopping_step=1000"]
+    argv += [f"--data_path={tmp_path}", f"--config_files={tmp_path / 'tiny' / 'tiny.yaml'}"]
+    argv += [f"--checkpoint_dir={tmp_path / 'saved'}"]
+    code = f"import sys; from recbole_srt.cli import main; sys.exit(main({argv!r}))"
+    process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    ranks, deadline = [], time.time() + 120
+    while len(ranks) < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        children = psutil.Process(process.pid).children()
+        ranks = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+    assert len(ranks) == 2, "the two ranks never started"
+    time.sleep(3)  # both are in the run
+    victim = ranks[1]
+    victim.send_signal(signal.SIGKILL)
+    _, err = process.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.startswith("run_recbole")]
+    assert process.returncode == 2 and "Traceback" not in err, err[-2000:]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("run_recbole: error: rank ")
+        and lines[0].endswith(
+            f"(pid {victim.pid}) exited with code -9 (SIGKILL); the other ranks were stopped (the best "
+            "checkpoint so far is whole)"
+        )
+    ), err[-2000:]
+
+
+@pytest.mark.parametrize("name", ["tiny-SRTDataset.pth", "tiny-for-SRT-dataloader.pth"])
+def test_recboles_pickled_datasets_are_never_read(tmp_path, capsys, name):
+    """RecBole unpickles a saved dataset or dataloaders it finds in checkpoint_dir: refused unread."""
+    import pickle
+
+    write_tiny_dataset(tmp_path)
+    saved, marker = tmp_path / "saved", tmp_path / "code-ran"
+    saved.mkdir()
+    (saved / name).write_bytes(pickle.dumps(Payload(marker)))
+    argv = [*TINY_ARGS, f"--data_path={tmp_path}", f"--config_files={tmp_path / 'tiny' / 'tiny.yaml'}"]
+    assert cli.main([*argv, f"--checkpoint_dir={saved}"]) == 2
+    assert one_error(capsys, "run_recbole") == (
+        f"{saved / name}: a pickled RecBole dataset or dataloaders (save_dataset, save_dataloaders); not "
+        "read, since unpickling it can run arbitrary code. Move it away: the dataset is built from its "
+        "atomic files"
+    )
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "what"), [("save_dataset", "the dataset"), ("save_dataloaders", "the split dataloaders")]
+)
+def test_recboles_pickle_saving_is_refused_before_loading(tmp_path, capsys, no_work, key, what):
+    argv = [*TINY_ARGS, f"--data_path={tmp_path}", f"--checkpoint_dir={tmp_path / 'saved'}", f"--{key}=True"]
+    assert cli.main(argv) == 2
+    assert one_error(capsys, "run_recbole") == (
+        f"setting {key}: RecBole saves {what} as a pickle, which is never read back here (unpickling can run "
+        "arbitrary code); the dataset is built from its atomic files each run"
+    )

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,14 +20,10 @@ from conftest import tiny_config, write_tiny_dataset
 from recbole.config import Config
 from recbole.data import create_dataset
 
-from recbole_srt.features import (
-    ItemEncoder,
-    ItemFeatureError,
-    default_cache_dir,
-    load_item_features,
-    read_item_texts,
-    resolve_encoder,
-)
+from recbole_srt.catalog import ItemFeatureError, read_item_texts
+from recbole_srt.encoder import ItemEncoder, default_cache_dir, resolve_encoder
+from recbole_srt.features import load_item_features
+from recbole_srt.store import VectorStore, digests
 
 
 def fake_encoding(texts, *args, **kwargs) -> np.ndarray:
@@ -221,9 +218,37 @@ def test_onnx_backends_are_exported_once_and_match_torch(tmp_path, monkeypatch):
     assert ((int8 * reference).sum(1) / np.linalg.norm(int8, axis=1) > 0.95).all()  # close, not equal
     assert np.abs(int8 - reference).max() > 1e-4
     (export,) = (tmp_path / "encoders").iterdir()
-    assert sorted(p.name for p in export.iterdir()) == ["model-int8.onnx", "model.onnx"]
+    assert sorted(p.name for p in export.iterdir()) == [
+        "model-int8.onnx", "model-int8.onnx.json", "model.onnx", "model.onnx.json"
+    ]  # fmt: skip
     monkeypatch.setattr("torch.onnx.export", lambda *a, **k: pytest.fail("exported again"))
     np.testing.assert_allclose(ItemEncoder(backend="onnx", cache_dir=tmp_path).encode(TEXTS), onnx, atol=1e-6)
+
+
+def test_a_damaged_onnx_export_is_built_again_with_one_warning(tmp_path, caplog):
+    reference = ItemEncoder(backend="onnx-int8", cache_dir=tmp_path).encode(TEXTS)
+    (int8,) = tmp_path.glob("encoders/*/model-int8.onnx")
+    for damage in (lambda data: data[: len(data) // 2], lambda data: b""):  # cut short, emptied
+        int8.write_bytes(damage(int8.read_bytes()))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="recbole_srt.encoder"):
+            again = ItemEncoder(backend="onnx-int8", cache_dir=tmp_path).encode(TEXTS)
+        (record,) = caplog.records
+        assert record.getMessage() == (
+            f"encoder cache {int8.parent}: model-int8.onnx differs from the SHA-256 recorded when it was "
+            "written; building it again"
+        )
+        np.testing.assert_allclose(again, reference, atol=1e-6)
+
+
+def test_an_encoder_cache_that_cannot_be_written_is_one_line_naming_the_setting(tmp_path):
+    (tmp_path / "encoders").write_text("a file where the folder goes")
+    message = (
+        f"cannot write the encoder cache {tmp_path / 'encoders'}/all-MiniLM-L6-v2-.*; set feature_cache_dir "
+        r"\(or \$RECBOLE_SRT_CACHE\) to a writable folder"
+    )
+    with pytest.raises(ValueError, match=message):
+        ItemEncoder(backend="onnx", cache_dir=tmp_path).encode(TEXTS)
 
 
 def test_token_cap_and_processes(tmp_path):
@@ -246,7 +271,8 @@ def test_a_warm_store_never_imports_sentence_transformers(tmp_path):
     encoder.vectors(texts)
     code = (
         "import sys; from pathlib import Path\n"
-        "from recbole_srt.features import ItemEncoder, read_item_texts\n"
+        "from recbole_srt.catalog import read_item_texts\n"
+        "from recbole_srt.encoder import ItemEncoder\n"
         f"texts = read_item_texts(Path({str(folder / 'tiny.item')!r}), 'item_id').texts\n"
         f"m = ItemEncoder('fake', cache_dir={str(tmp_path / 'store')!r}).vectors(texts)\n"
         "print(m.shape[0], 'sentence_transformers' in sys.modules)"
@@ -345,15 +371,39 @@ def _damage_dtype(npy, meta):
     np.save(npy, np.load(npy).astype(np.float64))
 
 
+def _damage_keys_reordered(npy, meta):
+    """The keys file in another order: same shape and dtype (each text would get another's vector)."""
+    keys = npy.with_name(npy.name.replace(".vectors.", ".keys."))
+    np.save(keys, np.load(keys)[::-1])
+
+
+def _damage_values_times_kept(npy, meta):
+    """Other values, the file's size and modification time set back to the recorded ones."""
+    found = npy.stat()
+    _damage_values(npy, meta)
+    os.utime(npy, ns=(found.st_atime_ns, found.st_mtime_ns))
+
+
+def _damage_fifo(npy, meta):
+    npy.unlink()
+    os.mkfifo(npy)  # a reader that opened it would wait forever
+
+
+DIFFERS = "differs from the SHA-256 recorded when it was written"
+
+
 @pytest.mark.parametrize(
     ("damage", "warning"),
     [
-        (_damage_extra_rows, r"shape \[34, 8\], 31 keys; its index records \[31, 8\]"),
-        (_damage_fewer_rows, r"shape \[27, 8\], 31 keys; its index records \[31, 8\]"),
-        (_damage_truncated, r"unreadable \("),
-        (_damage_index, r"unreadable \("),
-        (_damage_values, "its content differs from the SHA-256 its index records"),
-        (_damage_dtype, r"dtype float64, its index records float32"),
+        (_damage_extra_rows, f"vectors file {DIFFERS}"),
+        (_damage_fewer_rows, f"vectors file {DIFFERS}"),
+        (_damage_truncated, f"vectors file {DIFFERS}"),
+        (_damage_index, r"index unreadable \("),
+        (_damage_values, f"vectors file {DIFFERS}"),
+        (_damage_dtype, f"vectors file {DIFFERS}"),
+        (_damage_keys_reordered, f"keys file {DIFFERS}"),
+        (_damage_values_times_kept, f"vectors file {DIFFERS}"),
+        (_damage_fifo, r"vectors file unreadable \(not a regular file\)"),
     ],
 )
 def test_a_damaged_store_shard_is_dropped_and_encoded_again_with_one_warning(
@@ -373,14 +423,82 @@ def test_a_damaged_store_shard_is_dropped_and_encoded_again_with_one_warning(
     assert counting_encoder == [30, 30] and not caplog.records
 
 
-def test_a_shard_touched_but_intact_is_checked_once_and_kept(tmp_path, counting_encoder, caplog):
+def test_a_shard_touched_but_intact_is_checked_once_and_kept(tmp_path, counting_encoder, caplog, monkeypatch):
     config, dataset, features, npy, meta = _cached(tmp_path, counting_encoder)
     npy.write_bytes(npy.read_bytes())  # a copy without its times (cp without -p): same bytes, new mtime
     with caplog.at_level(logging.WARNING, logger="recbole_srt.store"):
         np.testing.assert_array_equal(load_item_features(config, dataset).numpy(), features)
     assert counting_encoder == [30] and not caplog.records
-    stat = npy.stat()
-    assert json.loads(meta.read_text())["vectors_stat"] == [stat.st_size, stat.st_mtime_ns]
+    found = npy.stat()
+    assert json.loads(meta.read_text())["vectors"]["stat"] == [
+        found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino
+    ]  # fmt: skip
+    # untouched since: opened again without reading either file in full
+    monkeypatch.setattr(hashlib, "file_digest", lambda *a: pytest.fail("hashed an untouched shard"))
+    np.testing.assert_array_equal(load_item_features(config, dataset).numpy(), features)
+
+
+def test_an_index_of_the_previous_version_is_hashed_once_not_encoded_again(tmp_path, counting_encoder):
+    config, dataset, features, npy, meta = _cached(tmp_path, counting_encoder)
+    index = json.loads(meta.read_text())
+    old = {"shape": index["shape"], "dtype": index["dtype"], "vectors_stat": [1, 2]}
+    old |= {f"{part}_sha256": index[part]["sha256"] for part in ("keys", "vectors")}
+    meta.write_text(json.dumps(old))
+    np.testing.assert_array_equal(load_item_features(config, dataset).numpy(), features)
+    assert counting_encoder == [30] and json.loads(meta.read_text())["keys"] == index["keys"]
+
+
+def faked(name: str, cache_dir: Path) -> ItemEncoder:
+    """``ItemEncoder(name)`` whose model is :func:`fake_encoding` of its name and the text."""
+    encoder = ItemEncoder(name, cache_dir=cache_dir)
+    encoder._model = SimpleNamespace(encode=lambda texts, **kw: fake_encoding([name + t for t in texts]))
+    return encoder
+
+
+def shard_of(folder: Path, texts: list[str]) -> str:
+    """The name of the shard of the store ``folder`` that holds ``texts``, in that order."""
+    (name,) = [
+        p.name.split(".")[0] for p in folder.glob("*.keys.npy") if np.array_equal(np.load(p), digests(texts))
+    ]
+    return name
+
+
+def test_swapped_or_foreign_shard_files_are_never_served(tmp_path, caplog):
+    """Two shards of the same size with their keys files swapped, and a vectors file replaced by another
+    encoder's of the same size with its modification time kept: each text gets its own vector (encoded
+    again), never another's."""
+    first, second = [f"a{i}" for i in range(5)], [f"b{i}" for i in range(5)]
+    encoder = faked("enc", tmp_path)
+    truth = [encoder.vectors(texts).copy() for texts in (first, second)]
+    folder = encoder.store.folder
+    a, b = (folder / f"{shard_of(folder, texts)}.keys.npy" for texts in (first, second))
+    a.rename(tmp_path / "swap")
+    b.rename(a)
+    (tmp_path / "swap").rename(b)
+    with caplog.at_level(logging.WARNING, logger="recbole_srt.store"):
+        for texts, vectors in zip((first, second), truth, strict=True):
+            np.testing.assert_array_equal(faked("enc", tmp_path).vectors(texts), vectors)
+    assert caplog.text.count(f"keys file {DIFFERS}") == 2
+
+    other = faked("other", tmp_path)
+    other.vectors(first)
+    mine = folder / f"{shard_of(folder, first)}.vectors.npy"
+    theirs = other.store.folder / f"{shard_of(other.store.folder, first)}.vectors.npy"
+    found = mine.stat()
+    mine.write_bytes(theirs.read_bytes())
+    os.utime(mine, ns=(found.st_atime_ns, found.st_mtime_ns))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="recbole_srt.store"):
+        np.testing.assert_array_equal(faked("enc", tmp_path).vectors(first), truth[0])
+    assert f"vectors file {DIFFERS}" in caplog.text
+
+
+def test_a_shard_with_an_unreadable_index_leaves_no_file(tmp_path, counting_encoder, caplog):
+    _, _, _, npy, meta = _cached(tmp_path, counting_encoder)
+    meta.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="recbole_srt.store"):
+        VectorStore(npy.parent)
+    assert "index unreadable" in caplog.text and not list(npy.parent.iterdir())
 
 
 def test_an_unwritable_store_is_one_clear_error(tmp_path, counting_encoder, monkeypatch):
@@ -482,7 +600,7 @@ def test_some_texts_empty_is_a_warning_with_the_fraction(tmp_path, counting_enco
     folder = write_tiny_dataset(tmp_path)
     _blank_texts(folder, keep=24)
     config, dataset = recbole_dataset(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="recbole_srt.features"):
+    with caplog.at_level(logging.WARNING, logger="recbole_srt.catalog"):
         load_item_features(config, dataset)
     assert "6 of 30 items (20.0 %) have no text in fields ['title', 'brand']" in caplog.text
 
@@ -503,13 +621,13 @@ def test_the_token_cap_takes_none_for_the_encoders_own_limit_and_refuses_text(tm
 
 def test_an_encoder_that_cannot_be_loaded_is_one_error(tmp_path: Path) -> None:
     code = (
-        "from recbole_srt.features import ItemEncoder\n"
+        "from recbole_srt.encoder import ItemEncoder\n"
         f"ItemEncoder('no-such-org/no-such-encoder', cache_dir={str(tmp_path)!r}).model"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no network retries: the hub is not reachable here anyway
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 1 and last.startswith(
-        "recbole_srt.features.ItemFeatureError: text_encoder 'no-such-org/no-such-encoder' is neither a "
+        "recbole_srt.catalog.ItemFeatureError: text_encoder 'no-such-org/no-such-encoder' is neither a "
         "model folder nor loadable from the hub: "
     ), done.stderr

@@ -75,6 +75,15 @@ def test_measuring_leaves_the_model_and_rng_untouched():
         torch.testing.assert_close(tensor, before[name])
 
 
+def test_counting_macs_leaves_no_buffer_in_the_model():
+    """thop registers counters on every module and removes only its leaves': none may stay, or every
+    checkpoint of a measured run carries them (and its weights no longer fit an SRT model)."""
+    model = make_srt(N_ITEMS, FEAT)
+    keys = set(model.state_dict())
+    forward_macs(model, make_batch(N_ITEMS))
+    assert set(model.state_dict()) == keys
+
+
 def test_flops_grow_with_depth_and_the_logit_matmul_with_the_catalog():
     batch = make_batch(N_ITEMS)
     one, two = (

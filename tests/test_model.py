@@ -364,3 +364,46 @@ def test_a_target_missing_from_the_training_counts_keeps_the_loss_finite(loss_ty
     if loss_type == "CE":  # the seen items and the target compete, item 2 does not
         logits = model._query(hidden) @ model._key(model.all_item_embeddings()).T
         torch.testing.assert_close(loss, F.cross_entropy(logits[:, [1, 3, 4, 5]], torch.tensor([3])))
+
+
+def test_an_item_id_table_is_added_for_items_seen_in_training_and_counted_as_catalog():
+    counts = torch.tensor([0, 3, 0, 2, 1, 0])  # items 2 and 5 never occur in training
+    features = torch.randn(6, 8)
+    config = srt_test_config(item_id_embedding="add")
+    model = type(make_srt(6))(config, item_features=features, item_counts=counts).eval()
+    text_only = type(model)(srt_test_config(), item_features=features, item_counts=counts).eval()
+    assert model.num_params().catalog == 6 * 16 and text_only.num_params().catalog == 0
+    assert model.num_params().trainable == text_only.num_params().trainable + 6 * 16
+    assert model.num_params().non_embedding == text_only.num_params().non_embedding
+    with torch.no_grad():
+        model.item_id_embedding.weight.normal_()  # IDs far from zero, so any use of them shows
+        tower = model.item_tower(features)
+        vectors = model.all_item_embeddings()
+        torch.testing.assert_close(vectors[[0, 2, 5]], tower[[0, 2, 5]])  # padding and unseen: text alone
+        torch.testing.assert_close(
+            vectors[[1, 3, 4]], tower[[1, 3, 4]] + model.item_id_embedding.weight[[1, 3, 4]]
+        )
+        torch.testing.assert_close(
+            model.item_embedding(torch.tensor([[4, 2], [1, 0]])), vectors[torch.tensor([[4, 2], [1, 0]])]
+        )
+        batch = make_batch(6, batch_size=3)
+        first = model.full_sort_predict(batch)
+        model.item_id_embedding.weight.mul_(2.0)  # the cached catalog follows the ID table too
+        assert not torch.allclose(model.full_sort_predict(batch)[:, 1:], first[:, 1:])
+    model.train()
+    loss = model.calculate_loss(make_batch(6, batch_size=3))
+    loss.backward()
+    grad = model.item_id_embedding.weight.grad
+    assert grad[[0, 2, 5]].abs().sum() == 0 and grad[[1, 3, 4]].abs().sum() > 0
+
+
+def test_weights_move_to_another_catalog_without_the_item_id_table():
+    source = make_srt(N_ITEMS, item_id_embedding="add")
+    target = make_srt(2 * N_ITEMS, seed=1, item_id_embedding="add")
+    own = target.item_id_embedding.weight.detach().clone()
+    assert target.load_transferred(source.state_dict())
+    torch.testing.assert_close(target.item_id_embedding.weight, own)  # the target keeps its own table
+    torch.testing.assert_close(target.blocks[0].ffn[0].weight, source.blocks[0].ffn[0].weight)
+    text_only = make_srt(2 * N_ITEMS, seed=1)
+    assert text_only.load_transferred(source.state_dict())  # a text-only target drops the table
+    assert not target.load_transferred(text_only.state_dict())  # and gets a new one from a text-only source

@@ -11,8 +11,8 @@ from conftest import tiny_config, write_tiny_dataset
 from recbole.config import Config
 from recbole.quick_start import run_recbole
 
+from recbole_srt.catalog import ItemFeatureError, read_catalog, read_item_texts
 from recbole_srt.checkpoint import FORMAT, CheckpointError, encode_config
-from recbole_srt.features import ItemFeatureError, read_catalog, read_item_texts
 from recbole_srt.serve import Recommender, ServeError, main
 
 FAVOURITE = "i7"

@@ -47,14 +47,20 @@ def run_console(tmp_path: Path, *args: str) -> str:
 
 
 @pytest.mark.slow
-def test_srt_trains_one_epoch_and_its_checkpoint_reloads(tmp_path):
-    folder = write_tiny_dataset(tmp_path)
-    log = run_console(tmp_path, "--model=SRT", f"--config_files={folder / 'tiny.yaml'}")
+def test_srt_trains_one_epoch_and_its_checkpoint_reloads(tmp_path, monkeypatch):
+    # RecBole's default place (dataset/<name> in the working folder): load_data_and_model reads the data
+    # there, since a checkpoint carries no paths
+    folder = write_tiny_dataset(tmp_path / "dataset")
+    log = run_console(
+        tmp_path, "--model=SRT", f"--config_files={folder / 'tiny.yaml'}", "--data_path=dataset"
+    )
     assert "test result" in log and "ndcg@10" in log
 
     (checkpoint,) = (tmp_path / "saved").glob("SRT-*.pth")
     raw = torch.load(checkpoint, weights_only=True)  # SRT's format: nothing to unpickle but weights
     assert json.loads(json.dumps(raw["config"]))["hidden_size"] == 16  # the config is plain JSON
+    assert not {"data_path", "checkpoint_dir", "feature_cache_dir"} & raw["config"].keys()  # no places
+    monkeypatch.chdir(tmp_path)
     config, model, dataset, _, _, test_data = load_data_and_model(str(checkpoint))
     assert isinstance(model, SRT) and config["hidden_size"] == 16 and isinstance(config, Config)
     assert config["device"] == torch.device("cpu") and config["MODEL_TYPE"] == ModelType.SEQUENTIAL

@@ -13,9 +13,11 @@ from conftest import tiny_config, write_tiny_dataset
 from recbole.data import create_dataset, data_preparation
 from recbole.quick_start import run_recbole
 
+from recbole_srt.catalog import ItemFeatureError
 from recbole_srt.checkpoint import load_srt_checkpoint
-from recbole_srt.features import ItemFeatureError
+from recbole_srt.model.srt import ITEM_ID_TABLE
 from recbole_srt.pipeline import run
+from recbole_srt.serve import Recommender
 from recbole_srt.transfer import TransferError, finetune, load_pretrained, main, plan_stages, transfer_config
 
 ARCH = {"n_layers": 2}  # two blocks, so that top_k_layers and progressive leave something frozen
@@ -125,6 +127,7 @@ def test_frozen_parameters_get_no_gradient_and_stay_bit_identical(pretrained, st
 def test_progressive_unfreezes_top_down_then_everything_within_the_budget():
     config = {
         "n_layers": 3,
+        "item_id_embedding": "none",
         "finetune_strategy": "progressive",
         "epochs": 5,
         "progressive_epochs": 1,
@@ -141,6 +144,8 @@ def test_progressive_unfreezes_top_down_then_everything_within_the_budget():
     assert [s.epochs for s in stages] == [1, 1, 1, 2]
     assert [s.learning_rate for s in stages] == [3e-4, 3e-4, 2e-4, 1e-4]
     assert plan_stages({**config, "finetune_strategy": "full", "finetune_learning_rate": None})[0].epochs == 5
+    with_ids = plan_stages({**config, "item_id_embedding": "add"})  # a new ID table trains in every stage
+    assert [s.prefixes for s in with_ids] == [(*s.prefixes, "item_id_embedding.") for s in stages]
 
 
 @pytest.mark.parametrize(
@@ -155,6 +160,7 @@ def test_progressive_unfreezes_top_down_then_everything_within_the_budget():
 def test_bad_strategy_settings_are_clear_errors(overrides, message):
     config = {
         "n_layers": 3,
+        "item_id_embedding": "none",
         "finetune_strategy": "full",
         "epochs": 5,
         "progressive_epochs": 1,
@@ -205,3 +211,28 @@ def test_cli_runs_a_strategy_and_reports_errors(pretrained, capsys):
     assert "zero-shot test" in capsys.readouterr().out
     assert main([f"--checkpoint={root / 'other' / 'other.item'}", "--dataset=other"]) == 2
     assert "not a PyTorch checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_item_id_checkpoint_fine_tunes_with_a_new_table_and_serves_by_text(tmp_path, caplog):
+    write_tiny_dataset(tmp_path)
+    other = write_other_catalog(tmp_path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", ["pytest"])
+        config = tiny_config(tmp_path, epochs=1, item_id_embedding="add", **ARCH)
+        run_recbole(model="SRT", dataset="tiny", config_dict=config)
+    (checkpoint,) = (tmp_path / "saved").glob("SRT-*.pth")
+    saved = load_srt_checkpoint(checkpoint)  # read back and checked against the model its config builds
+    assert saved["state_dict"][ITEM_ID_TABLE].shape[0] == 31  # tiny: 30 items + padding
+
+    budget = tiny_config(tmp_path, epochs=1, finetune_strategy="top_k_layers", finetune_top_k=1, **ARCH)
+    result = finetune(checkpoint, "other", config_dict=budget).record
+    assert result.stages[0].prefixes[-1] == "item_id_embedding."
+    tuned = load_srt_checkpoint(result.checkpoint)
+    assert tuned["config"]["item_id_embedding"] == "add"
+    assert tuned["state_dict"][ITEM_ID_TABLE].shape[0] == 46  # other's own table: 45 items + padding
+
+    with caplog.at_level("WARNING"):
+        recommender = Recommender.from_checkpoint(checkpoint, other / "other.item")
+    assert "scored by their text alone" in caplog.text
+    assert recommender.recommend(["o1", "o2"], k=3)

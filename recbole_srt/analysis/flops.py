@@ -78,6 +78,9 @@ def forward_macs(model: nn.Module, interaction) -> int:
     device = next(model.parameters()).device
     with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         macs, _ = profile(Loss(model), inputs=(interaction,), verbose=False)
+    for module in model.modules():  # thop removes its counters from the layers it hooks, not the others
+        for counter in ("total_ops", "total_params"):
+            module._buffers.pop(counter, None)
     model.train()
     return int(macs)
 

@@ -17,7 +17,7 @@ class ParamCounts:
     * ``trainable``: every parameter with ``requires_grad`` (SRT's frozen features are a buffer);
     * ``non_embedding``: the transformer blocks only (attention, feed-forward, their LayerNorms), the
       ``N`` of the scaling laws, equal for SRT, SASRec and BERT4Rec at equal width and depth;
-    * ``catalog``: parameters that grow with the number of items; 0 for SRT;
+    * ``catalog``: parameters that grow with the number of items; 0 for SRT without item IDs;
     * :attr:`paper`: the SRT paper's ``N``, every trainable parameter except the item-side tables
       (for SRT the item tower's projection counts, as the reference's ``Linear(2E -> d)`` does).
     """

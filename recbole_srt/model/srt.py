@@ -10,6 +10,8 @@ Shapes: B batch, L = MAX_ITEM_LIST_LENGTH, d = hidden_size, F = feature dim, N =
 
     item_features  [N, F]   frozen buffer (row 0 = padding, zeros)
     item tower     [*, F] -> [*, d]        Linear, or Linear-GELU-LayerNorm-Dropout-Linear
+    item IDs       [*] -> [*, d]                      optional (item_id_embedding: add), added to the
+                                                      tower's vector for items seen in training
     sequence       [B, L] ids -> tower + positions -> n_layers causal blocks -> [B, L, d]
     scores         [B, d] @ [N, d]^T -> [B, N]   (dot product, or cosine / temperature)
 
@@ -30,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from recbole_srt.features import load_item_features
-from recbole_srt.model.params import ParamCounts, catalog_params
+from recbole_srt.model.params import ParamCounts
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "swish": nn.SiLU}
 # The allowed values of each setting with a fixed set of them.
@@ -40,7 +42,10 @@ CHOICES = {
     "projection": ("linear", "mlp"),
     "negatives": ("batch", "example"),
     "hidden_act": tuple(ACTIVATIONS),
+    "item_id_embedding": ("none", "add"),
 }
+# The optional item-ID table's weight: it belongs to one catalog, so it never moves to another.
+ITEM_ID_TABLE = "item_id_embedding.weight"
 # Dropouts given per block (a number, a list or {first, last}): see per_block.
 PER_BLOCK_KEYS = ("hidden_dropout_prob", "attn_dropout_prob")
 
@@ -81,7 +86,8 @@ def check_config(config) -> None:
         raise ValueError(
             f"hidden_size {config['hidden_size']} is not a multiple of n_heads {config['n_heads']}"
         )
-    if config["train_neg_sample_args"]["distribution"] != "none":
+    negatives = config["train_neg_sample_args"]
+    if not isinstance(negatives, dict) or negatives.get("distribution") != "none":
         raise ValueError(
             "SRT samples its own negatives (neg_sample_num); set train_neg_sample_args: ~ "
             f"(got {config['train_neg_sample_args']})"
@@ -182,7 +188,9 @@ class SRT(SequentialRecommender):
 
     Every item-side parameter lives in :class:`ItemTower`, applied to the same frozen features
     for sequence inputs and for candidates, so the trainable parameter count is independent
-    of the catalog.
+    of the catalog. ``item_id_embedding: add`` adds a trainable ``[N, d]`` ID table (UniSRec's
+    transductive mode): catalog parameters again, counted apart (:meth:`num_params`), and used
+    only for items of the training split; every other item is its text alone.
     """
 
     # Negatives for SSM and BPR are drawn by the model itself (popularity, with logQ correction),
@@ -263,6 +271,9 @@ class SRT(SequentialRecommender):
         )
         if config["standardize_item_features"]:
             self.item_tower.standardize_over(self.item_features[1:])
+        self.item_ids = config["item_id_embedding"] != "none"
+        if self.item_ids:
+            self.item_id_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.input_norm = nn.LayerNorm(self.hidden_size, eps=eps)
         self.input_dropout = nn.Dropout(dropouts[0])
@@ -290,40 +301,62 @@ class SRT(SequentialRecommender):
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, std=self.initializer_range)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def _with_ids(self, vectors: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        """Tower vectors ``[n, d]`` of ``item_ids`` ``[n]`` plus their ID rows, for items seen in training."""
+        if not self.item_ids:
+            return vectors
+        ids = self.item_id_embedding(item_ids) * self.seen[item_ids].unsqueeze(-1).to(vectors.dtype)
+        return vectors + ids
 
     def item_embedding(self, item_ids: torch.Tensor) -> torch.Tensor:
         """``[*]`` item ids -> ``[*, d]`` through the item tower, each distinct item projected once."""
         distinct, index = torch.unique(item_ids, return_inverse=True)
-        return self.item_tower(self.item_features[distinct])[index]
+        return self._with_ids(self.item_tower(self.item_features[distinct]), distinct)[index]
 
     def all_item_embeddings(self) -> torch.Tensor:
         """``[N, d]``: the whole catalog through the item tower (row 0 = padding)."""
-        return self.item_tower(self.item_features)
+        every = torch.arange(len(self.item_features), device=self.item_features.device)
+        return self._with_ids(self.item_tower(self.item_features), every)
+
+    def item_side_tensors(self) -> list[torch.Tensor]:
+        """Every tensor an item's vector depends on: the features, the tower and the ID table."""
+        modules = [self.item_tower, *([self.item_id_embedding] if self.item_ids else [])]
+        return [self.item_features, self.seen, *(t for m in modules for t in (*m.parameters(), *m.buffers()))]
 
     def _catalog(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``[N, d]`` catalog embeddings and the same vectors as scored (:meth:`_key`).
 
         Outside training (eval mode, no grad) they are computed once and cached under the versions of
-        the feature buffer and of every item-tower tensor: an optimizer step, ``load_state_dict`` or
+        the feature buffer and of every item-side tensor: an optimizer step, ``load_state_dict`` or
         a new feature matrix changes one of them, so the cache is never stale.
         """
         if self.training or torch.is_grad_enabled():
             embeddings = self.all_item_embeddings()
             return embeddings, self._key(embeddings)
-        tensors = (self.item_features, *self.item_tower.parameters(), *self.item_tower.buffers())
-        version = tuple((id(t), t._version, t.device) for t in tensors)
+        version = tuple((id(t), t._version, t.device) for t in self.item_side_tensors())
         if self._catalog_cache is None or self._catalog_cache[0] != version:
             embeddings = self.all_item_embeddings()
             self._catalog_cache = (version, (embeddings, self._key(embeddings)))
         return self._catalog_cache[1]
 
+    def load_transferred(self, state_dict: dict) -> bool:
+        """Load weights trained on another catalog: all but the item-ID table, which stays this model's
+        own (new, trained on this catalog, or never used where nothing was seen). Whether one was left."""
+        own = {ITEM_ID_TABLE: self.item_id_embedding.weight} if self.item_ids else {}
+        self.load_state_dict({**{k: v for k, v in state_dict.items() if k != ITEM_ID_TABLE}, **own})
+        return ITEM_ID_TABLE in state_dict
+
     def num_params(self) -> ParamCounts:
         """Parameter counts, as nanoGPT's ``get_num_params``: see :class:`ParamCounts`."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         blocks = sum(p.numel() for p in self.blocks.parameters())
-        return ParamCounts(trainable, non_embedding=blocks, catalog=catalog_params(self, self.n_items))
+        catalog = self.item_id_embedding.weight.numel() if self.item_ids else 0  # one row per item
+        return ParamCounts(trainable, non_embedding=blocks, catalog=catalog)
 
     def forward(self, item_seq: torch.Tensor, catalog: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, L]`` item ids (right-padded with 0) -> ``[B, L, d]`` hidden state at every position.
@@ -407,14 +440,26 @@ class SRT(SequentialRecommender):
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         return self._query(self.gather_indexes(self.forward(item_seq, catalog), item_seq_len - 1))  # [B, d]
 
+    @staticmethod
+    def _finite(scores: torch.Tensor) -> torch.Tensor:
+        """``scores``, checked: NaN or Inf ranks nothing, so no result is made of it (a ``ValueError``)."""
+        bad = ~torch.isfinite(scores)
+        if bad.any():
+            raise ValueError(
+                f"SRT's scores are NaN or Inf for {int(bad.sum())} of {bad.numel()} (sequence, item) pairs: "
+                "its weights or settings (e.g. temperature) overflow; no ranking is made of them"
+            )
+        return scores
+
     def predict(self, interaction) -> torch.Tensor:
         """Score of each row's candidate ``interaction[ITEM_ID]`` -> ``[B]``."""
         items = self._key(self.item_embedding(interaction[self.ITEM_ID]))
-        return (self._last_query(interaction) * items).sum(-1)
+        return self._finite((self._last_query(interaction) * items).sum(-1))
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         """Scores over the whole catalog -> ``[B, N]``; padding id 0 scores ``-inf``."""
         catalog, keys = self._catalog()
         scores = self._last_query(interaction, catalog) @ keys.T
+        self._finite(scores[:, 1:])
         scores[:, 0] = float("-inf")
         return scores
