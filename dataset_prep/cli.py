@@ -1,10 +1,11 @@
-"""``srt-prep`` (also ``python -m dataset_prep``): list, download, convert, import-unisrec."""
+"""``srt-prep`` (also ``python -m dataset_prep``): list, download, convert, import-unisrec, merge."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -15,11 +16,13 @@ from dataset_prep import registry
 from dataset_prep.engine import MEMORY_LIMIT
 from dataset_prep.errors import DEBUG_ENV, PrepError, debug_requested
 from dataset_prep.filters import DEDUP_POLICIES, MISSING_POLICIES
+from dataset_prep.streams import text_lines
 from dataset_prep.timestamps import ODD_POLICIES, UNITS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")  # inside a message from elsewhere (urllib, DuckDB, ...)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         message, status = _describe(err)
-    print(f"srt-prep: error: {message}", file=sys.stderr)
+    print(f"srt-prep: error: {_LINE_BREAKS.sub(' ', message.strip())}", file=sys.stderr)  # always one line
     return status
 
 
@@ -89,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--no-meta", action="store_true", help="skip the metadata file")
     download.add_argument("--base-url", help="mirror to use instead of the release's URL (same layout)")
     download.add_argument(
-        "--timeout", type=_positive(float), default=60.0, help="seconds per network operation"
+        "--timeout",
+        type=_positive(float),
+        default=60.0,
+        help="seconds per network operation (default 60), and the window of the stall check: an answer not "
+        "complete within it, or a body bringing less than 1 KiB/s over it, stops the download (a .part is "
+        "kept to resume)",
     )
     download.set_defaults(run=_run_download)
 
@@ -198,6 +206,37 @@ def build_parser() -> argparse.ArgumentParser:
     unisrec.add_argument("--prefix", help="file prefix, e.g. Scientific (default: the only one in INPUT)")
     _add_max_seq_len(unisrec)
     unisrec.set_defaults(run=_run_unisrec)
+
+    merge = commands.add_parser(
+        "merge", parents=[flags], help="RecBole atomic datasets -> one multi-domain pre-training corpus"
+    )
+    merge.add_argument(
+        "--dataset",
+        action="append",
+        required=True,
+        type=_source,
+        metavar="NAME=FOLDER",
+        help="a source: FOLDER holds NAME.inter, NAME.item (and NAME.yaml); repeatable",
+    )
+    merge.add_argument("--output", type=Path, required=True, help="writes OUTPUT/NAME/NAME.{inter,item,yaml}")
+    merge.add_argument("--name", required=True, help="corpus name, e.g. corpus")
+    merge.add_argument(
+        "--exclude-users-of",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="INTER_FILE",
+        help="leakage guard: drop the users of this .inter file from the --guard sources; repeatable",
+    )
+    merge.add_argument(
+        "--guard",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a source whose user ids are the excluded files' (e.g. Amazon reviewer ids); repeatable",
+    )
+    _add_max_seq_len(merge)
+    merge.set_defaults(run=_run_merge)
     return parser
 
 
@@ -223,13 +262,7 @@ def _add_max_seq_len(parser: argparse.ArgumentParser) -> None:
 def _entries(args: argparse.Namespace) -> list[registry.Entry]:
     specs = list(args.category)
     if args.spec is not None:
-        try:
-            text = args.spec.read_text(encoding="utf-8")
-        except OSError as err:
-            raise PrepError(f"cannot read spec file ({err.strerror})", args.spec) from None
-        except UnicodeDecodeError as err:
-            raise PrepError(f"spec file is not UTF-8 text ({err.reason})", args.spec) from None
-        specs += [spec for line in text.splitlines() if (spec := line.split("#")[0].strip())]
+        specs += [spec for _, line in text_lines(args.spec) if (spec := line.split("#")[0].strip())]
     if not specs:
         raise PrepError("no category given: use --category (repeatable) or --spec")
     entries = [registry.parse_entry(spec, args.release, args.source) for spec in specs]
@@ -254,6 +287,14 @@ def _positive(kind: type[int] | type[float], zero: bool = False) -> Callable[[st
 
 
 _count = _positive(int, zero=True)  # an integer >= 0
+
+
+def _source(text: str) -> tuple[str, Path]:
+    """An argparse type: ``NAME=FOLDER``."""
+    name, equals, folder = text.partition("=")
+    if not (name and equals and folder):
+        raise argparse.ArgumentTypeError(f"expected NAME=FOLDER, got {text!r}")
+    return name, Path(folder)
 
 
 def _timestamp(text: str) -> float:
@@ -315,4 +356,14 @@ def _run_unisrec(args: argparse.Namespace) -> int:
 
     report = import_unisrec(args.input, args.name, args.output, args.prefix, args.max_seq_len)
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from dataset_prep.merge import merge
+
+    report = merge(args.dataset, args.output, args.name, args.exclude_users_of, args.guard, args.max_seq_len)
+    print(json.dumps(report, indent=2))
+    folder = args.output / args.name
+    print(f"train: run_recbole --model=SRT --dataset={args.name} --config_files={folder}/{args.name}.yaml")
     return 0
