@@ -4,6 +4,8 @@
         --models SRT SASRec BERT4Rec --seeds 3 --out results/compare [--MAX_ITEM_LIST_LENGTH=20 ...]
     python benchmarks/compare.py --dataset scientific --grid benchmarks/grids/scientific.yaml \
         --split valid --seeds 1 --workers 2 --out results/tune
+    python benchmarks/compare.py --dataset beauty --data-dir PATH --grid benchmarks/grids/beauty.yaml \
+        --tune --seeds 3 --out results/beauty          # tune every model on valid, test each one's best
 
 Every run is :func:`recbole_srt.pipeline.run` with one protocol (leave-one-out, time-ordered, full
 ranking) and :data:`SHARED_SETTINGS` (``--key=value`` changes one for every model; otherwise each model
@@ -11,6 +13,10 @@ keeps its YAML defaults). Each (dataset, label, seed) runs in a fresh process (f
 and is saved as ``OUT/runs/<dataset>__<label>__seed<s>.json``; a rerun skips it unless ``--force``.
 ``--split valid`` (for choosing settings) never scores the test split; ``--grid FILE`` runs its named
 candidates (overrides; ``model:`` in one picks another model than the grid's) instead of ``--models``.
+``--tune`` does both: every candidate on valid (``--tune-seeds``), then each model's best candidate (by
+valid NDCG@10) on test with ``--seeds``; ``tuning.md`` gives every model's number of candidates, the
+choice and its valid score, and flags a run whose best epoch was its last (its budget, not convergence,
+ended it).
 Outputs in ``OUT``: ``results.csv``, ``summary.csv``, ``results.md`` (mean ± std over seeds) and
 ``results.png``; docs/benchmarks.md has the details.
 """
@@ -281,7 +287,8 @@ def candidates(args: argparse.Namespace) -> tuple[dict[str, tuple[str, dict]], d
     return labels, grid.get("settings") or {}
 
 
-def planned_runs(args, datasets, labels: dict, settings: dict) -> list[dict]:
+def planned_runs(args, datasets, labels: dict, settings: dict, split: str, seeds: int) -> list[dict]:
+    runs = "runs" if split == args.split else f"runs-{split}"
     return [
         {
             "dataset": spec,
@@ -290,13 +297,13 @@ def planned_runs(args, datasets, labels: dict, settings: dict) -> list[dict]:
             "model": model,
             "overrides": overrides,
             "settings": {**settings, **overrides, "checkpoint_dir": str(args.out / "checkpoints")},
-            "split": args.split,
+            "split": split,
             "seed": 2020 + i,
-            "file": args.out / "runs" / f"{spec.name}__{label}__seed{2020 + i}.json",
+            "file": args.out / runs / f"{spec.name}__{label}__seed{2020 + i}.json",
         }
         for spec, cold in datasets
         for label, (model, overrides) in labels.items()
-        for i in range(args.seeds if cold is None or args.cold_seeds is None else args.cold_seeds)
+        for i in range(seeds if cold is None or args.cold_seeds is None else args.cold_seeds)
     ]
 
 
@@ -413,6 +420,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--grid", type=Path, help="YAML: model, settings, candidates (instead of --models)")
     p.add_argument("--candidates", nargs="+", help="with --grid: run only these candidates")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="valid: test never scored")
+    p.add_argument(
+        "--tune", action="store_true", help="with --grid: candidates on valid, each model's best on test"
+    )
+    p.add_argument(
+        "--tune-seeds", type=int, default=1, help="seeds of each candidate when tuning (default 1)"
+    )
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (2020, 2021, ...)")
     p.add_argument("--out", type=Path, default=Path("results/compare"))
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="where converted datasets live")
@@ -426,12 +439,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / workers)")
     args, rest = p.parse_known_args(argv)
     counts = {"--seeds": args.seeds, "--cold-seeds": args.cold_seeds, "--epochs": args.epochs,
-              "--workers": args.workers, "--threads": args.threads}  # fmt: skip
+              "--workers": args.workers, "--threads": args.threads,
+              "--tune-seeds": args.tune_seeds}  # fmt: skip
     low = [name for name, value in counts.items() if value is not None and value < 1]
     if low:
         p.error(f"{', '.join(low)} must be at least 1")
     if not 0 < args.cold_fraction < 1:
         p.error(f"--cold-fraction must be between 0 and 1, got {args.cold_fraction}")
+    if args.tune and (args.grid is None or args.split != "test"):
+        p.error("--tune needs --grid (the candidates) and tests the winners (no --split valid)")
     return args, rest
 
 
@@ -453,19 +469,9 @@ def shared_settings(args: argparse.Namespace, rest: list[str]) -> dict:
     return settings
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, rest = parse_args(argv)
-    settings = shared_settings(args, rest)
-    labels, grid_settings = candidates(args)
-    settings |= grid_settings
-    spec = resolve_dataset(args.dataset, args.data_dir, args.unisrec_dir)
-    datasets = [(spec, None)]
-    if args.cold_start:
-        datasets.append(hold_out_items(spec, args.cold_fraction, seed=0, out_dir=args.out / "data"))
-    runs = planned_runs(args, datasets, labels, settings)
-    (args.out / "runs").mkdir(parents=True, exist_ok=True)
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-
+def execute(args: argparse.Namespace, runs: list[dict], threads: int) -> tuple[pd.DataFrame, int]:
+    """Run what ``runs`` still lacks (a fresh process each, ``--workers`` at once); every finished row, and
+    the number of runs that failed."""
     todo = []
     for n, job in enumerate(runs, start=1):
         job["label_line"] = f"[{n}/{len(runs)}] {job['dataset'].name} {job['label']} seed {job['seed']}"
@@ -473,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{job['label_line']}: done earlier, skipped ({job['file']})", flush=True)
         else:
             todo.append(job)
+    for folder in {job["file"].parent for job in runs}:
+        folder.mkdir(parents=True, exist_ok=True)
     failed = 0
     context = multiprocessing.get_context("spawn")
     # a fresh process per run: its peak RSS is that run's alone
@@ -488,22 +496,72 @@ def main(argv: list[str] | None = None) -> int:
                 print(message, file=sys.stderr, flush=True)
                 continue
             job["file"].write_text(json.dumps(row, indent=2))
-            metric = f"{args.split}_ndcg@10"
+            metric = f"{job['split']}_ndcg@10"
             print(f"{job['label_line']}: {metric} {row[metric]:.4f}, {row['epochs_run']} epochs, "
                   f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
-
     rows = pd.DataFrame([json.loads(job["file"].read_text()) for job in runs if job["file"].is_file()])
+    return rows, failed
+
+
+def winners(rows: pd.DataFrame, labels: dict) -> tuple[dict, pd.DataFrame]:
+    """Each model's best candidate by mean valid NDCG@10, and the tuning table (one row per model)."""
+    rows = rows.assign(model_name=rows["label"].map(lambda label: labels[label][0]))
+    means = rows.groupby(["model_name", "label"], sort=False)["valid_ndcg@10"].mean().reset_index()
+    budget_bound = rows.assign(last=rows["best_epoch"] == rows["epochs_run"]).groupby("label")["last"].sum()
+    best = means.loc[means.groupby("model_name")["valid_ndcg@10"].idxmax()]
+    table = pd.DataFrame({
+        "model": best["model_name"],
+        "candidates tried": [int((means["model_name"] == m).sum()) for m in best["model_name"]],
+        "chosen": best["label"],
+        "valid NDCG@10": best["valid_ndcg@10"],
+        "runs whose best epoch was the last": [int(budget_bound.get(label, 0)) for label in best["label"]],
+    })  # fmt: skip
+    return {label: labels[label] for label in best["label"]}, table
+
+
+def report(args: argparse.Namespace, rows: pd.DataFrame, split: str, settings: dict, threads: int) -> str:
+    """``results.csv``, ``summary.csv``, ``results.md`` and ``results.png`` of ``rows``; the markdown."""
+    rows.to_csv(args.out / "results.csv", index=False)
+    summary = summarize(rows, split)
+    summary.to_csv(args.out / "summary.csv", index=False)
+    table = markdown(summary, split, settings, threads)
+    (args.out / "results.md").write_text(table)
+    plot(summary, split, args.out / "results.png")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = parse_args(argv)
+    settings = shared_settings(args, rest)
+    labels, grid_settings = candidates(args)
+    settings |= grid_settings
+    spec = resolve_dataset(args.dataset, args.data_dir, args.unisrec_dir)
+    datasets = [(spec, None)]
+    if args.cold_start:
+        datasets.append(hold_out_items(spec, args.cold_fraction, seed=0, out_dir=args.out / "data"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    failed = 0
+    if args.tune:
+        tuning, failed = execute(args, planned_runs(args, [(spec, None)], labels, settings, "valid",
+                                                    args.tune_seeds), threads)  # fmt: skip
+        if tuning.empty:
+            print("no finished tuning run", file=sys.stderr)
+            return 1
+        labels, chosen = winners(tuning, labels)
+        text = chosen.to_markdown(index=False, floatfmt=".4f")
+        (args.out / "tuning.md").write_text(
+            f"Candidates on the validation split ({args.tune_seeds} seed(s) each), each model's best by mean "
+            f"valid NDCG@10; its test runs use {args.seeds} seeds.\n\n{text}\n"
+        )
+        print(text)
+    rows, test_failed = execute(args, planned_runs(args, datasets, labels, settings, args.split, args.seeds),
+                                threads)  # fmt: skip
     if rows.empty:
         print("no finished runs", file=sys.stderr)
         return 1
-    rows.to_csv(args.out / "results.csv", index=False)
-    summary = summarize(rows, args.split)
-    summary.to_csv(args.out / "summary.csv", index=False)
-    table = markdown(summary, args.split, settings, threads)
-    (args.out / "results.md").write_text(table)
-    plot(summary, args.split, args.out / "results.png")
-    print(table)
-    return 1 if failed else 0
+    print(report(args, rows, args.split, settings, threads))
+    return 1 if failed or test_failed else 0
 
 
 if __name__ == "__main__":

@@ -197,3 +197,46 @@ def test_candidates_pick_a_subset_of_a_grid(tmp_path):
     args, _ = compare.parse_args([f"--grid={grid}", "--candidates", "c"])
     with pytest.raises(SystemExit, match=r"no candidates \['c'\]; it has \['a', 'b'\]"):
         compare.candidates(args)
+
+
+def test_winners_pick_each_models_best_candidate_and_flag_budget_bound_runs():
+    labels = {
+        "srt-a": ("SRT", {}),
+        "srt-b": ("SRT", {"x": 1}),
+        "sas-a": ("SASRec", {}),
+        "sas-b": ("SASRec", {}),
+    }
+    rows = pd.DataFrame({
+        "label": ["srt-a", "srt-a", "srt-b", "srt-b", "sas-a", "sas-b"],
+        "valid_ndcg@10": [0.10, 0.14, 0.13, 0.12, 0.05, 0.04],
+        "best_epoch": [3, 5, 2, 4, 9, 7],
+        "epochs_run": [8, 5, 6, 9, 9, 10],
+    })  # fmt: skip
+    chosen, table = compare.winners(rows, labels)
+    assert chosen == {"srt-b": ("SRT", {"x": 1}), "sas-a": ("SASRec", {})}  # srt-b: mean 0.125 > 0.12
+    table = table.set_index("model")
+    assert table.loc["SRT", "candidates tried"] == 2 and table.loc["SASRec", "chosen"] == "sas-a"
+    assert table.loc["SASRec", "runs whose best epoch was the last"] == 1
+    assert table.loc["SRT", "runs whose best epoch was the last"] == 0
+
+
+@pytest.mark.slow
+def test_tune_runs_candidates_on_valid_then_each_models_best_on_test(tmp_path, capsys):
+    write_tiny_dataset(tmp_path / "data", n_users=60)
+    grid = tmp_path / "grid.yaml"
+    candidates = {
+        "dot": {"similarity": "dot"},
+        "cosine": {"similarity": "cosine"},
+        "sas": {"model": "SASRec"},
+    }
+    grid.write_text(yaml.safe_dump({"model": "SRT", "settings": {"epochs": 1}, "candidates": candidates}))
+    out = tmp_path / "out"
+    argv = ["--dataset=tiny", f"--data-dir={tmp_path / 'data'}", f"--grid={grid}", "--tune", "--seeds=2"]
+    assert compare.main([*argv, f"--out={out}", "--workers=2", *TINY_SETTINGS]) == 0
+    assert len(list((out / "runs-valid").glob("*.json"))) == 3  # every candidate, on valid
+    rows = pd.read_csv(out / "results.csv")
+    assert len(rows) == 4 and set(rows["model"]) == {"SRT", "SASRec"}  # two winners x two seeds, on test
+    tuning = (out / "tuning.md").read_text()
+    assert "candidates tried" in tuning and "sas" in tuning
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--tune"])  # no grid
