@@ -8,9 +8,11 @@ model); ``n_heads = max(1, hidden_size // head_dim)``, ``inner_size = ffn_ratio 
 point is a trial running :func:`recbole_srt.sweep.run_trial` with the preset's ``cpu``/``gpu`` (with no
 GPU in the cluster the sweep warns and runs on CPU instead of waiting forever). A failing trial is
 retried ``retries`` times from its last checkpoint, then recorded with status ``ERROR``. ``--resume``
-continues an interrupted sweep (unfinished and errored trials from their checkpoints). Writes
-``epochs.csv``/``epochs.parquet`` (one row per (trial, epoch), the table ``benchmarks/scaling.py``
-fits), ``trials.csv``, ``results.json`` and ``sweep_valid_ndcg.png`` to ``<storage>/<name>/``;
+continues an interrupted sweep: from Ray's state in ``<storage>/<name>/`` (unfinished and errored trials
+from their checkpoints), or, on a machine without it, from that folder's ``epochs.csv`` (trials that
+ended are kept, the others start over). Writes ``epochs.csv``/``epochs.parquet`` (one row per (trial,
+epoch), the table ``benchmarks/scaling.py`` fits), ``trials.csv``, ``results.json`` and
+``sweep_valid_ndcg.png`` to ``<storage>/<name>/``, also when interrupted (those trials ``UNFINISHED``);
 docs/sweeps-and-scaling.md has the details.
 """
 
@@ -36,7 +38,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from recbole_srt.analysis import EPOCH_COLUMNS, json_ready
 from recbole_srt.overrides import OverrideError, apply_overrides, parse_overrides, read_config_file
-from recbole_srt.sweep import run_trial
+from recbole_srt.sweep import FINISHED, run_trial
 
 DEFAULTS: dict = {
     "name": "sweep",
@@ -65,6 +67,9 @@ GRID_AXES = ("n_layers", "hidden_size", "data_fractions", "seeds")
 PER_MODEL_KEYS = (*GRID_AXES, "recbole")
 SPEC_COLUMNS = ("model", "n_layers", "hidden_size", "n_heads", "inner_size", "data_fraction", "seed")
 RAY_COLUMNS = {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_id", "experiment_tag", "should_checkpoint"}
+# A trial with one of these statuses ended (early stopping or its epoch budget) and is never run again;
+# UNFINISHED ones (interrupted) and ERROR ones are, by --resume.
+ENDED = ("TERMINATED", "EARLY_STOPPED")
 
 
 # --- the preset ---------------------------------------------------------------------------------
@@ -202,15 +207,12 @@ class TrialLines(tune.Callback):
         print(f"[{_trial_label(trial)}] ERROR (no retries left)", flush=True)
 
 
-def make_tuner(preset: dict, grid: list[dict], storage: Path, name: str, resume: bool) -> tune.Tuner:
-    """A new Tuner over ``grid``, or the one restored from ``storage/name`` with ``resume``."""
+def make_tuner(preset: dict, grid: list[dict], storage: Path, name: str, restore: bool) -> tune.Tuner:
+    """A new Tuner over ``grid``, or with ``restore`` the one Ray saved at ``storage/name``."""
     resources = {"cpu": preset["cpu"], "gpu": grid[0]["gpu"]}
     trainable = tune.with_resources(run_trial, resources)
-    path = storage / name
-    if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-    if resume:
-        print(f"nothing to resume at {path}; starting the sweep", flush=True)
+    if restore:
+        return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)
     scheduler = None
     if preset["scheduler"]:
         options = {k: v for k, v in preset["scheduler"].items() if k != "type"}
@@ -242,7 +244,8 @@ def make_tuner(preset: dict, grid: list[dict], storage: Path, name: str, resume:
 
 
 def trial_rows(spec: dict, history: pd.DataFrame | None, error: str | None) -> pd.DataFrame:
-    """The (trial, epoch) rows of one trial, with ``is_best_epoch`` and ``status``.
+    """The (trial, epoch) rows of one trial, with ``is_best_epoch`` and ``status``: ``ERROR``, ``UNFINISHED``
+    (interrupted: no ``FINISHED`` report), or ``EARLY_STOPPED``/``TERMINATED`` (before/at its last epoch).
 
     Epochs reported twice (a trial restarted from its best checkpoint re-runs the later epochs)
     keep their last report. Test metrics stay only on the best epoch's row.
@@ -250,16 +253,19 @@ def trial_rows(spec: dict, history: pd.DataFrame | None, error: str | None) -> p
     spec_values = {"trial_id": spec["name"], **{c: spec[c] for c in SPEC_COLUMNS}}
     if history is None or history.empty or "epoch" not in history:
         rows = pd.DataFrame([{**spec_values, "epoch": pd.NA, "is_best_epoch": False}])
-        early = False
+        early = finished = False
     else:
-        reported = [c for c in history.columns if c not in RAY_COLUMNS and not c.startswith("config/")]
+        finished = FINISHED in history and bool(history[FINISHED].eq(True).any())
+        ignored = {*RAY_COLUMNS, FINISHED}
+        reported = [c for c in history.columns if c not in ignored and not c.startswith("config/")]
         rows = history[reported].drop_duplicates("epoch", keep="last").sort_values("epoch")
         rows = rows.assign(**spec_values)
         rows["is_best_epoch"] = rows["epoch"] == int(rows["best_epoch"].iloc[-1])
         test_columns = [c for c in rows.columns if c.startswith("test_")]
         rows.loc[~rows["is_best_epoch"], test_columns] = math.nan
         early = rows["epoch"].iloc[-1] < rows["max_epochs"].iloc[-1] - 1
-    rows["status"] = "ERROR" if error else "EARLY_STOPPED" if early else "TERMINATED"
+    ended = "EARLY_STOPPED" if early else "TERMINATED"
+    rows["status"] = "ERROR" if error else ended if finished else "UNFINISHED"
     rows["error"] = error
     extra = [c for c in rows.columns if c not in EPOCH_COLUMNS]
     return rows.reindex(columns=[*EPOCH_COLUMNS, *extra]).reset_index(drop=True)  # missing columns: NaN
@@ -279,6 +285,26 @@ def collect(results: tune.ResultGrid) -> pd.DataFrame:
         error = None if result.error is None else describe_error(result.error)
         frames.append(trial_rows(result.config["trial"], result.metrics_dataframe, error))
     return pd.concat(frames, ignore_index=True).sort_values(["model", "trial_id", "epoch"], ignore_index=True)
+
+
+def ended_trials(path: Path | None) -> pd.DataFrame:
+    """The rows of the trials that ended in an earlier run's ``epochs.csv`` (none without a file).
+
+    They let ``--resume`` continue a sweep on another machine from its committed results: those trials
+    are kept as they are, and only the others run.
+    """
+    if path is None or not path.is_file():
+        return pd.DataFrame(columns=list(EPOCH_COLUMNS))
+    epochs = pd.read_csv(path, dtype={"error": "string"})
+    return epochs[epochs["status"].isin(ENDED)].reset_index(drop=True)
+
+
+def merge_runs(earlier: pd.DataFrame, latest: pd.DataFrame) -> pd.DataFrame:
+    """``latest``'s trials and those of ``earlier`` it does not hold, sorted as :func:`collect` sorts."""
+    kept = earlier[~earlier["trial_id"].isin(latest["trial_id"])]
+    frames = [frame for frame in (kept, latest) if not frame.empty]
+    epochs = pd.concat(frames, ignore_index=True) if frames else latest
+    return epochs.sort_values(["model", "trial_id", "epoch"], ignore_index=True)
 
 
 def summarise_trials(epochs: pd.DataFrame) -> pd.DataFrame:
@@ -310,7 +336,7 @@ def write_outputs(out: Path, epochs: pd.DataFrame, preset: dict) -> dict:
     trials.to_csv(out / "trials.csv", index=False)
     plot_valid_ndcg(epochs, out / "sweep_valid_ndcg.png")
     metric = preset["metric"]
-    ok = trials[trials["status"] != "ERROR"].dropna(subset=[metric])
+    ok = trials[trials["status"].isin(ENDED)].dropna(subset=[metric])
     by_model = ok.groupby("model")[metric]
     best = ok.loc[by_model.idxmax() if preset["mode"] == "max" else by_model.idxmin()]
     keep = ["trial_id", "n_layers", "hidden_size", "data_fraction", "epoch", metric, "test_ndcg@10",
@@ -343,7 +369,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="experiment name (default: the preset's name)")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else local)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue the interrupted sweep at storage/name")
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep at storage/name: from Ray's state there, else from its epochs.csv "
+        "(the trials it lists as ended are kept, the others run)",
+    )
     mode.add_argument("--overwrite", action="store_true", help="delete storage/name first")
     args, rest = p.parse_known_args(argv)
     try:
@@ -376,20 +407,31 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
+    earlier = ended_trials(out / "epochs.csv" if args.resume else None)
     try:
         grid = build_grid(preset, trial_gpu(float(preset["gpu"])))
+        restore = args.resume and tune.Tuner.can_restore(out)
+        if not restore:  # a new run, or one resumed from results alone: trials that ended are not run again
+            grid = [spec for spec in grid if spec["name"] not in set(earlier["trial_id"])]
         print(f"sweep {name}: {len(grid)} trials -> {out}", flush=True)
-        results = make_tuner(preset, grid, storage, name, args.resume).fit()
+        if not earlier.empty:
+            print(f"kept {earlier['trial_id'].nunique()} ended trials from {out / 'epochs.csv'}", flush=True)
+        elif args.resume and not restore:
+            print(f"nothing to resume at {out}; starting the sweep", flush=True)
+        latest = earlier
+        if grid or restore:
+            latest = collect(make_tuner(preset, grid, storage, name, restore).fit())
     finally:
         ray.shutdown()
-    unfinished = len(results) - results.num_terminated - results.num_errors
-    if unfinished:
-        print(f"sweep interrupted: {unfinished} of {len(results)} trials unfinished; continue with --resume")
-        return 130
-    epochs = collect(results)
+    epochs = merge_runs(earlier, latest)
+    out.mkdir(parents=True, exist_ok=True)
     summary = write_outputs(out, epochs, preset)
     print(json.dumps({k: summary[k] for k in ("trials", "status", "errors", "best_per_model")}, indent=2))
     print(f"wrote {out}/epochs.csv, trials.csv, epochs.parquet, results.json, sweep_valid_ndcg.png")
+    unfinished = summary["status"].get("UNFINISHED", 0)
+    if unfinished:
+        print(f"sweep interrupted: {unfinished} of {summary['trials']} trials unfinished; --resume continues")
+        return 130
     return 0 if summary["status"].get("ERROR", 0) < summary["trials"] else 1
 
 
