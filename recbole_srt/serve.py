@@ -96,6 +96,7 @@ class Recommender:
         encoder = ItemEncoder.from_config(config, str(device))
         features = torch.from_numpy(encoder.vectors(items.texts, padding_row=True))
         check_feature_size(feature_size(saved["state_dict"]), features, f"{encoder.name} on {catalog}")
+        config["item_id_embedding"] = "none"  # a catalog file carries no RecBole ids: items are their text
         model = SRT(config, item_features=features)
         if model.load_transferred(saved["state_dict"]):
             logger.warning(

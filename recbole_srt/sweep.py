@@ -34,9 +34,6 @@ from recbole_srt.trainer import EpochStats
 
 CHECKPOINT_FILE = "model.pth"
 PROGRESS_FILE = "progress.json"
-# Key of the extra report a trial sends once its training has ended (early stopping or its last epoch):
-# without it, a trial's history is one the sweep interrupted.
-FINISHED = "trial_finished"
 
 
 class InjectedFailure(RuntimeError):
@@ -111,11 +108,11 @@ def run_trial(config: dict) -> None:
 
 def _train(recbole_config, spec: dict, progress: Progress, resume: str | None, setup_start: float) -> None:
     """Run the trial from ``progress`` (and the ``resume`` checkpoint), reporting every epoch to Ray."""
-    wall_offset, fit_start, last_row = progress.wall_time_s, None, None
+    wall_offset, fit_start = progress.wall_time_s, None
     fail_after_report = spec["fail"] == "once" and resume is None  # a retry resumes from a checkpoint
 
     def on_epoch(result: Run, stats: EpochStats) -> None:
-        nonlocal fit_start, last_row
+        nonlocal fit_start
         record, trainer = result.record, result.trainer
         fit_start = fit_start or time.perf_counter() - stats.train_seconds - stats.valid_seconds
         progress.train_tokens += stats.train_targets
@@ -150,7 +147,6 @@ def _train(recbole_config, spec: dict, progress: Progress, resume: str | None, s
             "best_epoch": progress.best_epoch,
         }
         _report(row, trainer, progress, stats.epoch, checkpoint=stats.is_best)
-        last_row = row
         if fail_after_report:
             raise InjectedFailure(f"trial {spec['name']} is listed in fail_trials: once (test hook)")
 
@@ -163,5 +159,3 @@ def _train(recbole_config, spec: dict, progress: Progress, resume: str | None, s
         resume=resume,
         on_epoch=on_epoch,
     )
-    if last_row is not None:  # training ended here, not by an interruption: say so
-        tune.report({**last_row, FINISHED: True})

@@ -230,9 +230,11 @@ def test_an_item_id_checkpoint_fine_tunes_with_a_new_table_and_serves_by_text(tm
     assert result.stages[0].prefixes[-1] == "item_id_embedding."
     tuned = load_srt_checkpoint(result.checkpoint)
     assert tuned["config"]["item_id_embedding"] == "add"
-    assert tuned["state_dict"][ITEM_ID_TABLE].shape[0] == 46  # other's own table: 45 items + padding
+    table = tuned["state_dict"][ITEM_ID_TABLE]
+    assert table.shape[0] == 46 and table[1:].abs().sum() > 0  # other's own table (started at 0), trained
 
     with caplog.at_level("WARNING"):
         recommender = Recommender.from_checkpoint(checkpoint, other / "other.item")
     assert "scored by their text alone" in caplog.text
-    assert recommender.recommend(["o1", "o2"], k=3)
+    recommender.add_items({"new": "a brand new item"})  # a catalog longer than any table: still text alone
+    assert len(recommender.recommend(["o1", "o2"], k=50)) == 45 + 1 - 2  # every item but the history

@@ -196,7 +196,7 @@ class SRT(SequentialRecommender):
     # Negatives for SSM and BPR are drawn by the model itself (popularity, with logQ correction),
     # so RecBole's train_neg_sample_args must stay None for every loss_type.
     input_type = InputType.POINTWISE
-    # Parameter-name prefixes of everything but the item tower (fine-tuning freezes the tower alone).
+    # Parameter-name prefixes of everything but the item side (the tower and the optional ID table).
     SEQUENCE_MODULES = ("position_embedding.", "input_norm.", "blocks.", "final_norm.")
 
     def __init__(
@@ -271,8 +271,8 @@ class SRT(SequentialRecommender):
         )
         if config["standardize_item_features"]:
             self.item_tower.standardize_over(self.item_features[1:])
-        self.item_ids = config["item_id_embedding"] != "none"
-        if self.item_ids:
+        self.use_item_ids = config["item_id_embedding"] != "none"
+        if self.use_item_ids:
             self.item_id_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.input_norm = nn.LayerNorm(self.hidden_size, eps=eps)
@@ -308,10 +308,10 @@ class SRT(SequentialRecommender):
 
     def _with_ids(self, vectors: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """Tower vectors ``[n, d]`` of ``item_ids`` ``[n]`` plus their ID rows, for items seen in training."""
-        if not self.item_ids:
+        if not self.use_item_ids:
             return vectors
-        ids = self.item_id_embedding(item_ids) * self.seen[item_ids].unsqueeze(-1).to(vectors.dtype)
-        return vectors + ids
+        rows = torch.where(self.seen[item_ids].unsqueeze(-1), self.item_id_embedding(item_ids), 0.0)
+        return vectors + rows.to(vectors.dtype)
 
     def item_embedding(self, item_ids: torch.Tensor) -> torch.Tensor:
         """``[*]`` item ids -> ``[*, d]`` through the item tower, each distinct item projected once."""
@@ -325,7 +325,7 @@ class SRT(SequentialRecommender):
 
     def item_side_tensors(self) -> list[torch.Tensor]:
         """Every tensor an item's vector depends on: the features, the tower and the ID table."""
-        modules = [self.item_tower, *([self.item_id_embedding] if self.item_ids else [])]
+        modules = [self.item_tower, *([self.item_id_embedding] if self.use_item_ids else [])]
         return [self.item_features, self.seen, *(t for m in modules for t in (*m.parameters(), *m.buffers()))]
 
     def _catalog(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,9 +345,10 @@ class SRT(SequentialRecommender):
         return self._catalog_cache[1]
 
     def load_transferred(self, state_dict: dict) -> bool:
-        """Load weights trained on another catalog: all but the item-ID table, which stays this model's
-        own (new, trained on this catalog, or never used where nothing was seen). Whether one was left."""
-        own = {ITEM_ID_TABLE: self.item_id_embedding.weight} if self.item_ids else {}
+        """Load weights trained on another catalog: all but its item-ID table. This model's own table, if it
+        has one, starts at zero, so that before training every item is its text alone. Whether a table
+        was left behind."""
+        own = {ITEM_ID_TABLE: torch.zeros_like(self.item_id_embedding.weight)} if self.use_item_ids else {}
         self.load_state_dict({**{k: v for k, v in state_dict.items() if k != ITEM_ID_TABLE}, **own})
         return ITEM_ID_TABLE in state_dict
 
@@ -355,7 +356,7 @@ class SRT(SequentialRecommender):
         """Parameter counts, as nanoGPT's ``get_num_params``: see :class:`ParamCounts`."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         blocks = sum(p.numel() for p in self.blocks.parameters())
-        catalog = self.item_id_embedding.weight.numel() if self.item_ids else 0  # one row per item
+        catalog = self.item_id_embedding.weight.numel() if self.use_item_ids else 0  # one row per item
         return ParamCounts(trainable, non_embedding=blocks, catalog=catalog)
 
     def forward(self, item_seq: torch.Tensor, catalog: torch.Tensor | None = None) -> torch.Tensor:
