@@ -38,7 +38,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from recbole_srt.analysis import EPOCH_COLUMNS, json_ready
 from recbole_srt.overrides import OverrideError, apply_overrides, parse_overrides, read_config_file
-from recbole_srt.sweep import FINISHED, run_trial
+from recbole_srt.sweep import run_trial
 
 DEFAULTS: dict = {
     "name": "sweep",
@@ -243,9 +243,9 @@ def make_tuner(preset: dict, grid: list[dict], storage: Path, name: str, restore
 # --- the results table --------------------------------------------------------------------------
 
 
-def trial_rows(spec: dict, history: pd.DataFrame | None, error: str | None) -> pd.DataFrame:
+def trial_rows(spec: dict, history: pd.DataFrame | None, error: str | None, ended: bool) -> pd.DataFrame:
     """The (trial, epoch) rows of one trial, with ``is_best_epoch`` and ``status``: ``ERROR``, ``UNFINISHED``
-    (interrupted: no ``FINISHED`` report), or ``EARLY_STOPPED``/``TERMINATED`` (before/at its last epoch).
+    (not ``ended``: interrupted), or ``EARLY_STOPPED``/``TERMINATED`` (ended before/at its last epoch).
 
     Epochs reported twice (a trial restarted from its best checkpoint re-runs the later epochs)
     keep their last report. Test metrics stay only on the best epoch's row.
@@ -253,19 +253,17 @@ def trial_rows(spec: dict, history: pd.DataFrame | None, error: str | None) -> p
     spec_values = {"trial_id": spec["name"], **{c: spec[c] for c in SPEC_COLUMNS}}
     if history is None or history.empty or "epoch" not in history:
         rows = pd.DataFrame([{**spec_values, "epoch": pd.NA, "is_best_epoch": False}])
-        early = finished = False
+        early = False
     else:
-        finished = FINISHED in history and bool(history[FINISHED].eq(True).any())
-        ignored = {*RAY_COLUMNS, FINISHED}
-        reported = [c for c in history.columns if c not in ignored and not c.startswith("config/")]
+        reported = [c for c in history.columns if c not in RAY_COLUMNS and not c.startswith("config/")]
         rows = history[reported].drop_duplicates("epoch", keep="last").sort_values("epoch")
         rows = rows.assign(**spec_values)
         rows["is_best_epoch"] = rows["epoch"] == int(rows["best_epoch"].iloc[-1])
         test_columns = [c for c in rows.columns if c.startswith("test_")]
         rows.loc[~rows["is_best_epoch"], test_columns] = math.nan
         early = rows["epoch"].iloc[-1] < rows["max_epochs"].iloc[-1] - 1
-    ended = "EARLY_STOPPED" if early else "TERMINATED"
-    rows["status"] = "ERROR" if error else ended if finished else "UNFINISHED"
+    ended_as = "EARLY_STOPPED" if early else "TERMINATED"
+    rows["status"] = "ERROR" if error else ended_as if ended else "UNFINISHED"
     rows["error"] = error
     extra = [c for c in rows.columns if c not in EPOCH_COLUMNS]
     return rows.reindex(columns=[*EPOCH_COLUMNS, *extra]).reset_index(drop=True)  # missing columns: NaN
@@ -279,11 +277,15 @@ def describe_error(error: BaseException) -> str:
 
 
 def collect(results: tune.ResultGrid) -> pd.DataFrame:
-    """The tidy table of every trial and epoch in ``results``."""
+    """The tidy table of every trial and epoch in ``results``; a trial Ray has not terminated (it was
+    interrupted, or never started) is ``UNFINISHED``."""
+    trials = tune.ExperimentAnalysis(results.experiment_path).trials
+    ended = {trial.config["trial"]["name"] for trial in trials if trial.status == "TERMINATED"}
     frames = []
     for result in results:
+        spec = result.config["trial"]
         error = None if result.error is None else describe_error(result.error)
-        frames.append(trial_rows(result.config["trial"], result.metrics_dataframe, error))
+        frames.append(trial_rows(spec, result.metrics_dataframe, error, spec["name"] in ended))
     return pd.concat(frames, ignore_index=True).sort_values(["model", "trial_id", "epoch"], ignore_index=True)
 
 
@@ -294,7 +296,7 @@ def ended_trials(path: Path | None) -> pd.DataFrame:
     are kept as they are, and only the others run.
     """
     if path is None or not path.is_file():
-        return pd.DataFrame(columns=list(EPOCH_COLUMNS))
+        return pd.DataFrame(columns=[*EPOCH_COLUMNS, "error"])
     epochs = pd.read_csv(path, dtype={"error": "string"})
     return epochs[epochs["status"].isin(ENDED)].reset_index(drop=True)
 
@@ -407,17 +409,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
-    earlier = ended_trials(out / "epochs.csv" if args.resume else None)
+    restore = args.resume and tune.Tuner.can_restore(out)  # Ray's own state: it knows every trial
+    earlier = ended_trials(out / "epochs.csv" if args.resume and not restore else None)
     try:
         grid = build_grid(preset, trial_gpu(float(preset["gpu"])))
-        restore = args.resume and tune.Tuner.can_restore(out)
-        if not restore:  # a new run, or one resumed from results alone: trials that ended are not run again
-            grid = [spec for spec in grid if spec["name"] not in set(earlier["trial_id"])]
-        print(f"sweep {name}: {len(grid)} trials -> {out}", flush=True)
-        if not earlier.empty:
-            print(f"kept {earlier['trial_id'].nunique()} ended trials from {out / 'epochs.csv'}", flush=True)
+        if not grid:
+            print("sweep: error: the grid is empty (no model, size, fraction or seed)", file=sys.stderr)
+            return 2
+        done = set(earlier["trial_id"])
+        todo = [spec for spec in grid if spec["name"] not in done]  # trials that ended are not run again
+        if restore:
+            print(f"sweep {name}: continuing Ray's experiment at {out}", flush=True)
+        else:
+            print(f"sweep {name}: {len(todo)} trials -> {out}", flush=True)
+        if done:
+            print(f"kept {len(done)} ended trials from {out / 'epochs.csv'}; the others run", flush=True)
         elif args.resume and not restore:
             print(f"nothing to resume at {out}; starting the sweep", flush=True)
+        grid = grid if restore else todo
         latest = earlier
         if grid or restore:
             latest = collect(make_tuner(preset, grid, storage, name, restore).fit())

@@ -18,7 +18,7 @@ from recbole.data import create_dataset, data_preparation
 
 from benchmarks import sweep
 from recbole_srt.pipeline import subsample_users
-from recbole_srt.sweep import FINISHED, recbole_settings
+from recbole_srt.sweep import recbole_settings
 
 SWEEP = [sys.executable, str(REPO / "benchmarks" / "sweep.py")]
 
@@ -145,8 +145,7 @@ def _report(epoch: int, best_epoch: int, ndcg: float) -> dict:
 def test_trial_rows_dedupe_restarts_and_flag_the_best_epoch():
     # epochs 0, 1, 2; crashed after 2, restarted from the best checkpoint (epoch 1), re-ran 2, stopped.
     reports = [_report(0, 0, 0.1), _report(1, 1, 0.3), _report(2, 1, 0.2), _report(2, 2, 0.4)]
-    reports.append({**reports[-1], FINISHED: True})
-    rows = sweep.trial_rows(_spec(), pd.DataFrame(reports), error=None)
+    rows = sweep.trial_rows(_spec(), pd.DataFrame(reports), error=None, ended=True)
     assert list(rows.columns[: len(sweep.EPOCH_COLUMNS)]) == list(sweep.EPOCH_COLUMNS)
     assert "training_iteration" not in rows and "config/trial" not in rows
     assert rows["epoch"].tolist() == [0, 1, 2] and rows["trial_id"].unique().tolist() == [_spec()["name"]]
@@ -156,14 +155,13 @@ def test_trial_rows_dedupe_restarts_and_flag_the_best_epoch():
 
 
 def test_trial_rows_of_an_error_without_reports():
-    rows = sweep.trial_rows(_spec(), None, error="InjectedFailure: boom")
+    rows = sweep.trial_rows(_spec(), None, error="InjectedFailure: boom", ended=False)
     assert len(rows) == 1 and rows.loc[0, "status"] == "ERROR" and math.isnan(rows.loc[0, "flops"])
-    full = [_report(e, e, 0.1 * e) for e in range(4)]
-    ended = [*full, {**full[-1], FINISHED: True}]
-    assert set(sweep.trial_rows(_spec(), pd.DataFrame(ended), None)["status"]) == {"TERMINATED"}
-    assert FINISHED not in sweep.trial_rows(_spec(), pd.DataFrame(ended), None)
-    assert set(sweep.trial_rows(_spec(), pd.DataFrame(full), None)["status"]) == {"UNFINISHED"}  # interrupted
-    assert set(sweep.trial_rows(_spec(), pd.DataFrame(full[:2]), "X: y")["status"]) == {"ERROR"}
+    full = pd.DataFrame([_report(e, e, 0.1 * e) for e in range(4)])
+    assert set(sweep.trial_rows(_spec(), full, None, ended=True)["status"]) == {"TERMINATED"}
+    assert set(sweep.trial_rows(_spec(), full, None, ended=False)["status"]) == {"UNFINISHED"}  # interrupted
+    assert set(sweep.trial_rows(_spec(), full[:2], "X: y", ended=False)["status"]) == {"ERROR"}
+    assert sweep.ended_trials(None).empty and "error" in sweep.ended_trials(None)
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -231,7 +229,8 @@ def test_smoke_sweep_end_to_end_with_failing_trials_then_resume(tmp_path):
         if path.name != "epochs.csv":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     log = _run(*common, "--resume").stdout
-    assert "kept 7 ended trials" in log and f"[{broken}] ERROR" in log and f"[{flaky}]" not in log
+    assert "kept 7 ended trials" in log and "sweep smoke: 1 trials" in log
+    assert f"[{broken}] ERROR" in log and f"[{flaky}]" not in log
     moved = pd.read_csv(out / "epochs.csv")
     assert len(moved) == len(epochs) and (moved.groupby("trial_id")["status"].first() == status).all()
     kept, before = (table[table["trial_id"] == flaky].reset_index(drop=True) for table in (moved, epochs))
