@@ -503,9 +503,15 @@ def execute(args: argparse.Namespace, runs: list[dict], threads: int) -> tuple[p
     return rows, failed
 
 
+def family(model: str, overrides: dict) -> str:
+    """The model a candidate tunes: its RecBole model, ``SRT+IDs`` for SRT with an item-ID table."""
+    return f"{model}+IDs" if overrides.get("item_id_embedding", "none") != "none" else model
+
+
 def winners(rows: pd.DataFrame, labels: dict) -> tuple[dict, pd.DataFrame]:
-    """Each model's best candidate by mean valid NDCG@10, and the tuning table (one row per model)."""
-    rows = rows.assign(model_name=rows["label"].map(lambda label: labels[label][0]))
+    """Each model's (:func:`family`'s) best candidate by mean valid NDCG@10, and the tuning table (one row
+    per model)."""
+    rows = rows.assign(model_name=rows["label"].map(lambda label: family(*labels[label])))
     means = rows.groupby(["model_name", "label"], sort=False)["valid_ndcg@10"].mean().reset_index()
     budget_bound = rows.assign(last=rows["best_epoch"] == rows["epochs_run"]).groupby("label")["last"].sum()
     best = means.loc[means.groupby("model_name")["valid_ndcg@10"].idxmax()]

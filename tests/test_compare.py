@@ -205,15 +205,18 @@ def test_winners_pick_each_models_best_candidate_and_flag_budget_bound_runs():
         "srt-b": ("SRT", {"x": 1}),
         "sas-a": ("SASRec", {}),
         "sas-b": ("SASRec", {}),
+        "ids": ("SRT", {"item_id_embedding": "add"}),  # SRT with IDs is tuned as a model of its own
     }
     rows = pd.DataFrame({
-        "label": ["srt-a", "srt-a", "srt-b", "srt-b", "sas-a", "sas-b"],
-        "valid_ndcg@10": [0.10, 0.14, 0.13, 0.12, 0.05, 0.04],
-        "best_epoch": [3, 5, 2, 4, 9, 7],
-        "epochs_run": [8, 5, 6, 9, 9, 10],
+        "label": ["srt-a", "srt-a", "srt-b", "srt-b", "sas-a", "sas-b", "ids"],
+        "valid_ndcg@10": [0.10, 0.14, 0.13, 0.12, 0.05, 0.04, 0.20],
+        "best_epoch": [3, 5, 2, 4, 9, 7, 4],
+        "epochs_run": [8, 5, 6, 9, 9, 10, 8],
     })  # fmt: skip
     chosen, table = compare.winners(rows, labels)
-    assert chosen == {"srt-b": ("SRT", {"x": 1}), "sas-a": ("SASRec", {})}  # srt-b: mean 0.125 > 0.12
+    assert chosen == {  # srt-b: mean 0.125 > 0.12
+        "srt-b": ("SRT", {"x": 1}), "sas-a": ("SASRec", {}), "ids": ("SRT", {"item_id_embedding": "add"})
+    }  # fmt: skip
     table = table.set_index("model")
     assert table.loc["SRT", "candidates tried"] == 2 and table.loc["SASRec", "chosen"] == "sas-a"
     assert table.loc["SASRec", "runs whose best epoch was the last"] == 1
