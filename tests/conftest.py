@@ -148,6 +148,27 @@ def write_tiny_dataset(
     return folder
 
 
+class Payload:
+    """Unpickling this runs ``os.mkdir(marker)``: the code a crafted checkpoint can hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(an SRT checkpoint trained one epoch on ``tiny``, the data root), once per test module."""
+    from recbole_srt.pipeline import run
+
+    root = tmp_path_factory.mktemp("trained")
+    write_tiny_dataset(root)
+    record = run("SRT", "tiny", config_dict=tiny_config(root, checkpoint_dir=str(root / "saved"))).record
+    return Path(record.checkpoint), root
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return write_tiny_dataset(tmp_path)

@@ -15,6 +15,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -90,13 +91,14 @@ def load(case: str, magazine_yaml: Path):
     from recbole.data import create_dataset
 
     settings = {**COMMON, **CASES[case]}
-    if case == "ml-100k":
-        return create_dataset(Config(model="SASRec", dataset="ml-100k", config_dict=settings))
     if case == "magazine-holes":
         settings["data_path"] = str(magazine_yaml.parents[1] / "holes")
-    config = Config(
-        model="SASRec", dataset=MAGAZINE, config_file_list=[str(magazine_yaml)], config_dict=settings
-    )
+    files = [] if case == "ml-100k" else [str(magazine_yaml)]
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # RecBole's Config would read --key=value from it
+        config = Config(
+            model="SASRec", dataset="ml-100k" if case == "ml-100k" else MAGAZINE, config_file_list=files,
+            config_dict=settings,
+        )  # fmt: skip
     return create_dataset(config)
 
 
@@ -111,7 +113,6 @@ def digests(work: Path) -> dict[str, dict]:
 def main(path: str) -> int:
     import pandas as pd
 
-    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     with tempfile.TemporaryDirectory() as work:
         result = {"stack": {"numpy": np.__version__, "pandas": pd.__version__}, **digests(Path(work))}
     Path(path).write_text(json.dumps(result, indent=1) + "\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SLICES, tiny_config, write_tiny_dataset
+from conftest import SLICES, Payload, tiny_config, write_tiny_dataset
 from recbole.config import Config
 
 import recbole_srt.checks
@@ -30,25 +30,6 @@ FULL_PICKLE = (
     "a full-pickle checkpoint (RecBole's own format, or SRT's before recbole-srt/1); not read, since "
     "unpickling it can run arbitrary code. Train it again with recbole-srt (weights-only)"
 )
-
-
-class Payload:
-    """Unpickling this runs ``os.mkdir(marker)``: the code a crafted checkpoint can hold."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(an SRT checkpoint trained one epoch on ``tiny``, the data root)."""
-    root = tmp_path_factory.mktemp("bad-input")
-    write_tiny_dataset(root)
-    checkpoint = run("SRT", "tiny", config_dict=tiny_config(root, checkpoint_dir=str(root / "saved"))).record
-    return Path(checkpoint.checkpoint), root
 
 
 @pytest.fixture

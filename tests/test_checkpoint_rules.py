@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, write_tiny_dataset
+from conftest import Payload, tiny_config, write_tiny_dataset
 from recbole.quick_start import load_data_and_model
 
 from recbole_srt import serve, transfer
@@ -20,25 +20,6 @@ from recbole_srt.encoder import ItemEncoder
 from recbole_srt.pipeline import run
 
 HISTORY = ["i1", "i2", "i3"]
-
-
-class Payload:
-    """Unpickling this runs ``os.mkdir(marker)``."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(an SRT checkpoint trained one epoch on ``tiny``, the data root)."""
-    root = tmp_path_factory.mktemp("checkpoint-rules")
-    write_tiny_dataset(root)
-    record = run("SRT", "tiny", config_dict=tiny_config(root, checkpoint_dir=str(root / "saved"))).record
-    return Path(record.checkpoint), root
 
 
 def edited(good: Path, folder: Path, edit, name: str = "edited.pth") -> Path:

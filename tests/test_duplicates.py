@@ -53,36 +53,22 @@ def test_recbole_datasets_drop_exact_duplicates_with_one_warning(tmp_path, caplo
     )
 
 
-def test_a_duplicate_with_another_rating_is_still_one_interaction(tmp_path, caplog):
+@pytest.mark.parametrize(
+    ("twin", "kept_per_row", "warned"),
+    [
+        (lambda user, item, rating, time: f"{user}\t{item}\t{6 - int(rating)}\t{time}", 1, True),
+        (lambda user, item, rating, time: f"{user}\t{item}\t{rating}\t{float(time) + 0.5}", 2, False),
+    ],
+    ids=["another-rating-same-time", "a-repeat-at-another-time"],
+)
+def test_a_duplicate_is_its_user_item_and_time(tmp_path, caplog, twin, kept_per_row, warned):
     folder = write_tiny_dataset(tmp_path)
-
-    def conflicting(rows):
-        out = []
-        for row in rows:
-            user, item, rating, time = row.split("\t")
-            out += [row, f"{user}\t{item}\t{6 - int(rating)}\t{time}"]
-        return out
-
-    n = rewrite_inter(folder, conflicting)
+    n = rewrite_inter(folder, lambda rows: [line for row in rows for line in (row, twin(*row.split("\t")))])
     with caplog.at_level(logging.WARNING):
         dataset = loaded(tmp_path, "SRT")
-    assert dataset.inter_num == n and f"{n} exact duplicate interactions" in caplog.text
-
-
-def test_repeats_at_other_times_are_kept_without_a_warning(tmp_path, caplog):
-    folder = write_tiny_dataset(tmp_path)
-
-    def repeated(rows):
-        out = []
-        for row in rows:
-            user, item, rating, time = row.split("\t")
-            out += [row, f"{user}\t{item}\t{rating}\t{float(time) + 0.5}"]
-        return out
-
-    n = rewrite_inter(folder, repeated)
-    with caplog.at_level(logging.WARNING):
-        dataset = loaded(tmp_path, "SRT")
-    assert dataset.inter_num == 2 * n and "exact duplicate" not in caplog.text
+    assert dataset.inter_num == kept_per_row * n
+    assert ("exact duplicate" in caplog.text) == warned
+    assert not warned or f"{n} exact duplicate interactions" in caplog.text
 
 
 def convert(tmp_path: Path, name: str, lines: list[str]) -> tuple[list[str], dict]:
