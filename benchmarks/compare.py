@@ -312,7 +312,7 @@ def summarize(rows: pd.DataFrame, split: str) -> pd.DataFrame:
     metrics = [f"{split}_{m}" for m in METRICS] + (["valid_ndcg@10"] if split == "test" else [])
     columns = [c for c in metrics + SLICES + COSTS + ["best_epoch"] if c in rows]
     grouped = rows.groupby(["dataset", "label"], sort=False)[columns]
-    summary = grouped.mean().join(grouped.std(ddof=0), rsuffix="_std")
+    summary = grouped.mean().join(grouped.std(ddof=0).add_suffix("_std"))
     summary["seeds"] = grouped.size()
     summary = summary.reset_index()
     if split == "valid":
