@@ -409,8 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
-    restore = args.resume and tune.Tuner.can_restore(out)  # Ray's own state: it knows every trial
-    earlier = ended_trials(out / "epochs.csv" if args.resume and not restore else None)
+    restore = args.resume and tune.Tuner.can_restore(out)  # Ray's own state: it knows its own trials
+    # Trials that ended in an earlier run, maybe on another machine: kept in the outputs even when Ray's
+    # state (which may hold only the trials run since) is restored.
+    earlier = ended_trials(out / "epochs.csv" if args.resume else None)
     try:
         grid = build_grid(preset, trial_gpu(float(preset["gpu"])))
         if not grid:
@@ -422,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sweep {name}: continuing Ray's experiment at {out}", flush=True)
         else:
             print(f"sweep {name}: {len(todo)} trials -> {out}", flush=True)
-        if done:
+        if done and not restore:
             print(f"kept {len(done)} ended trials from {out / 'epochs.csv'}; the others run", flush=True)
         elif args.resume and not restore:
             print(f"nothing to resume at {out}; starting the sweep", flush=True)

@@ -164,6 +164,22 @@ def test_trial_rows_of_an_error_without_reports():
     assert sweep.ended_trials(None).empty and "error" in sweep.ended_trials(None)
 
 
+def test_resumed_outputs_keep_earlier_ended_trials_and_prefer_the_latest_run():
+    def rows(name: str, ndcg: float) -> pd.DataFrame:
+        full = pd.DataFrame([_report(e, e, ndcg) for e in range(4)])
+        return sweep.trial_rows(_spec(name), full, None, ended=True)
+
+    earlier = pd.concat([rows("SRT-L1-H16-f0.5-s0", 0.1), rows("SRT-L1-H32-f0.5-s0", 0.2)], ignore_index=True)
+    latest = pd.concat([rows("SRT-L1-H32-f0.5-s0", 0.3), rows("SRT-L1-H64-f0.5-s0", 0.4)], ignore_index=True)
+    merged = sweep.merge_runs(earlier, latest)
+    assert merged["trial_id"].unique().tolist() == [
+        "SRT-L1-H16-f0.5-s0",
+        "SRT-L1-H32-f0.5-s0",
+        "SRT-L1-H64-f0.5-s0",
+    ]
+    assert merged.groupby("trial_id")["valid_ndcg@10"].max().tolist() == [0.1, 0.3, 0.4]  # latest wins
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 
